@@ -1,0 +1,555 @@
+//! The public [`SealCache`]: ties the keyring, the store and the reaper
+//! together and applies the protection policy.
+
+use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use crate::clock::nanos;
+use crate::config::{Builder, Protection, Settings};
+use crate::error::Error;
+use crate::keyring::Keyring;
+use crate::loader::{Flights, LoadCounters};
+use crate::memory::{LockedBuf, ProtectionFailure, ProtectionKind, Protections};
+use crate::reaper::{Reaper, Wipe};
+use crate::seal;
+use crate::secret::{CacheKey, SecretBytes, SecretValue};
+use crate::store::{Read, Store, Tally};
+
+/// Longest accepted cache key, in bytes (64 KiB).
+pub const MAX_KEY_LEN: usize = 64 * 1024;
+/// Longest accepted secret, in bytes (16 MiB).
+pub const MAX_VALUE_LEN: usize = 16 * 1024 * 1024;
+
+/// Number of shards of the store (and stripes of the key lock).
+const SHARDS: usize = 64;
+/// Locked scratch buffers kept for [`SealCache::with`].
+const SCRATCH_KEPT: usize = 8;
+/// Smallest locked scratch buffer: one page less the allocator's canary.
+const SCRATCH_MIN: usize = 4096 - 16;
+
+/// Counters of what the cache has done since it was built.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// Reads that returned a value.
+    pub hits: u64,
+    /// Reads that found no live entry.
+    pub misses: u64,
+    /// Values inserted (including replacements).
+    pub inserts: u64,
+    /// Live entries evicted to keep the size bound.
+    pub evictions: u64,
+    /// Entries removed because they had expired (on read, on eviction, or
+    /// by the reaper when their key was wiped).
+    pub expirations: u64,
+    /// Entries that failed authentication on open and were dropped.
+    pub integrity_failures: u64,
+    /// Epoch keys created.
+    pub keys_created: u64,
+    /// Epoch keys wiped (at their deadline, or by `invalidate_all`).
+    pub keys_wiped: u64,
+    /// Epoch keys live right now.
+    pub live_keys: u64,
+    /// Whether the reaper thread is running.
+    pub reaper_alive: bool,
+    /// Loader calls made by `get_or_try_load` (including refreshes).
+    pub loads: u64,
+    /// Loader calls that returned an error.
+    pub load_errors: u64,
+    /// Callers that waited for another caller's load instead of loading.
+    pub coalesced_waits: u64,
+    /// Reads answered by a cached "not found" (negative caching).
+    pub negative_hits: u64,
+    /// Refresh-ahead reloads started.
+    pub refreshes: u64,
+    /// Expired values served because a reload failed (stale-if-error).
+    pub stale_served: u64,
+}
+
+/// State shared by every handle and the reaper thread.
+pub(crate) struct Core {
+    pub(crate) keyring: Keyring,
+    pub(crate) store: Store,
+    pub(crate) settings: Settings,
+    pub(crate) flights: Flights,
+    pub(crate) load_counters: LoadCounters,
+    protections: Protections,
+    scratch: Mutex<Vec<LockedBuf>>,
+    scratch_unlocked: AtomicBool,
+    jitter: std::hash::RandomState,
+    jitter_counter: std::sync::atomic::AtomicU64,
+}
+
+impl Wipe for Core {
+    fn wipe_key(&self, key_id: u64) {
+        self.keyring.wipe(key_id);
+        self.store.remove_sealed_under(key_id);
+    }
+
+    fn overdue(&self, now: u64) -> Vec<u64> {
+        self.keyring.due(now)
+    }
+}
+
+/// What the handles own: the core and the reaper (joined on drop).
+struct Shared {
+    core: Arc<Core>,
+    reaper: Reaper,
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        let forked = self.core.keyring.forked();
+        self.reaper.shutdown(forked);
+    }
+}
+
+/// A bounded TTL + LRU cache of secrets, sealed with XChaCha20-Poly1305
+/// under epoch keys that live in locked memory and are wiped on schedule.
+///
+/// Cloning is cheap (an `Arc`); every clone is the same cache. Dropping the
+/// last clone stops and joins the reaper thread and wipes every key.
+///
+/// ```
+/// use sealcache::{ExposeSecret, SealCache};
+///
+/// let cache = SealCache::builder().build()?;
+/// cache.insert("db-password", "hunter2")?;
+/// let secret = cache.get("db-password")?.expect("cached");
+/// assert_eq!(secret.expose_secret(), b"hunter2");
+/// // Or read it in place, from locked memory, without a heap copy:
+/// let len = cache.with("db-password", |bytes| bytes.len())?;
+/// assert_eq!(len, Some(7));
+/// # Ok::<(), sealcache::Error>(())
+/// ```
+#[derive(Clone)]
+pub struct SealCache {
+    shared: Arc<Shared>,
+}
+
+impl fmt::Debug for SealCache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let settings = &self.core().settings;
+        f.debug_struct("SealCache")
+            .field("len", &self.len())
+            .field("ttl", &settings.ttl)
+            .field("max_entries", &settings.max_entries)
+            .field("epoch_length", &settings.epoch)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SealCache {
+    /// A [`Builder`] with every default.
+    pub fn builder() -> Builder {
+        Builder::new()
+    }
+
+    /// A cache configured from `SEALCACHE_TTL_SECS` and
+    /// `SEALCACHE_MAX_ENTRIES` (defaults where unset).
+    ///
+    /// # Errors
+    /// [`Error::Config`] for a bad variable value; otherwise as
+    /// [`Builder::build`].
+    pub fn from_env() -> Result<Self, Error> {
+        Builder::from_env()?.build()
+    }
+
+    pub(crate) fn from_settings(settings: Settings) -> Result<Self, Error> {
+        let (keyring, protections) = Keyring::new(
+            nanos(settings.epoch),
+            nanos(settings.ttl).saturating_add(nanos(settings.max_stale)),
+            SHARDS,
+            settings.backend,
+        )?;
+        if settings.protection == Protection::Require
+            && let Some(failure) = first_missing(&protections)
+        {
+            return Err(Error::Protection(failure));
+        }
+        let core = Arc::new(Core {
+            keyring,
+            store: Store::new(SHARDS, settings.max_entries),
+            flights: Flights::new(SHARDS),
+            load_counters: LoadCounters::default(),
+            jitter: std::hash::RandomState::new(),
+            jitter_counter: std::sync::atomic::AtomicU64::new(0),
+            protections,
+            scratch: Mutex::new(Vec::new()),
+            scratch_unlocked: AtomicBool::new(false),
+            settings,
+        });
+        let reaper = Reaper::start(Arc::clone(&core.settings.clock), Arc::clone(&core))
+            .map_err(|_| Error::Reaper)?;
+        Ok(Self {
+            shared: Arc::new(Shared { core, reaper }),
+        })
+    }
+
+    fn core(&self) -> &Core {
+        &self.shared.core
+    }
+
+    pub(crate) fn now(&self) -> u64 {
+        nanos(self.core().settings.clock.now())
+    }
+
+    pub(crate) fn store(&self) -> &Store {
+        &self.core().store
+    }
+
+    pub(crate) fn flights(&self) -> &Flights {
+        &self.core().flights
+    }
+
+    pub(crate) fn settings(&self) -> &Settings {
+        &self.core().settings
+    }
+
+    pub(crate) fn load_counters(&self) -> &LoadCounters {
+        &self.core().load_counters
+    }
+
+    /// How long past expiry a value may still be served after a failed load.
+    pub(crate) fn stale_grace(&self) -> u64 {
+        nanos(self.settings().max_stale)
+    }
+
+    /// The expiry of an entry stored at `now`: `now + ttl`, shortened by
+    /// the configured jitter.
+    fn expiry(&self, key: &[u8], now: u64) -> u64 {
+        let core = self.core();
+        let ttl = nanos(core.settings.ttl);
+        let Some(fraction) = core.settings.ttl_jitter else {
+            return now.saturating_add(ttl);
+        };
+        use std::hash::BuildHasher;
+        let n = core.jitter_counter.fetch_add(1, Ordering::Relaxed);
+        let unit = (core.jitter.hash_one((key, now, n)) >> 11) as f64 / (1u64 << 53) as f64;
+        let cut = (ttl as f64 * fraction * unit) as u64;
+        now.saturating_add(ttl - cut.min(ttl - 1))
+    }
+
+    /// Seals `secret` under the current epoch key and stores it under
+    /// `key`, replacing any previous value; evicts the least recently used
+    /// entry if the cache is full. Owned secrets are zeroized after sealing.
+    /// A load of `key` in flight will not overwrite this value.
+    ///
+    /// # Errors
+    /// [`Error::KeyTooLong`], [`Error::ValueTooLong`], [`Error::Random`],
+    /// [`Error::Forked`], or [`Error::Reaper`] if the reaper has stopped.
+    pub fn insert<K, V>(&self, key: &K, secret: V) -> Result<(), Error>
+    where
+        K: CacheKey + ?Sized,
+        V: SecretValue,
+    {
+        let key = key.key_bytes();
+        let (shard, _) = self.store().locate(key);
+        secret.with_plaintext(|plaintext| {
+            self.flights().fence(shard, key, || {
+                self.store_plaintext(key, plaintext, self.now())
+            })
+        })
+    }
+
+    /// Seals `plaintext` and stores it under `key` at time `now`.
+    pub(crate) fn store_plaintext(
+        &self,
+        key: &[u8],
+        plaintext: &[u8],
+        now: u64,
+    ) -> Result<(), Error> {
+        if key.len() > MAX_KEY_LEN {
+            return Err(Error::KeyTooLong { len: key.len() });
+        }
+        if plaintext.len() > MAX_VALUE_LEN {
+            return Err(Error::ValueTooLong {
+                len: plaintext.len(),
+            });
+        }
+        let core = self.core();
+        let sealed_len = seal::sealed_len(plaintext.len()).ok_or(Error::ValueTooLong {
+            len: plaintext.len(),
+        })?;
+        let (stripe, _) = core.store.locate(key);
+        let mut data = vec![0u8; key.len() + sealed_len].into_boxed_slice();
+        data[..key.len()].copy_from_slice(key);
+        let (sealed, key_id, new_key) =
+            core.keyring.with_current(stripe, now, |epoch, epoch_key| {
+                seal::seal_into(epoch_key, epoch, key, plaintext, &mut data[key.len()..])
+            })?;
+        if let Some(new_key) = new_key
+            && !self
+                .shared
+                .reaper
+                .schedule(new_key.key_id, new_key.deadline)
+        {
+            core.keyring.wipe(new_key.key_id);
+            return Err(Error::Reaper);
+        }
+        sealed.map_err(|_| Error::Random)?;
+        let expires = self.expiry(key, now);
+        core.store.insert(data, key.len(), expires, key_id, now);
+        Ok(())
+    }
+
+    /// The secret under `key`, or `None` if there is no live entry. The
+    /// returned [`SecretBytes`] is a heap copy that is zeroized on drop; use
+    /// [`with`](Self::with) to avoid the copy.
+    ///
+    /// # Errors
+    /// [`Error::Integrity`] if the entry failed authentication (it is
+    /// dropped); [`Error::Forked`] in a forked child.
+    pub fn get<K: CacheKey + ?Sized>(&self, key: &K) -> Result<Option<SecretBytes>, Error> {
+        // Stale entries (kept for stale-if-error) are a miss here, not removed.
+        Ok(
+            match self.read_secret(key.key_bytes(), self.now(), self.stale_grace())? {
+                Read::Hit(secret, _) => Some(secret),
+                Read::Stale(_) | Read::Negative | Read::Miss => None,
+            },
+        )
+    }
+
+    /// Reads and opens the entry under `key` into a [`SecretBytes`].
+    pub(crate) fn read_secret(
+        &self,
+        key: &[u8],
+        now: u64,
+        grace: u64,
+    ) -> Result<Read<SecretBytes>, Error> {
+        self.read_with(key, now, grace, Tally::Count)
+    }
+
+    /// As `read_secret`, not counted in hits and misses.
+    pub(crate) fn peek_secret(&self, key: &[u8], now: u64) -> Result<Read<SecretBytes>, Error> {
+        self.read_with(key, now, self.stale_grace(), Tally::Quiet)
+    }
+
+    fn read_with(
+        &self,
+        key: &[u8],
+        now: u64,
+        grace: u64,
+        tally: Tally,
+    ) -> Result<Read<SecretBytes>, Error> {
+        let core = self.core();
+        core.store.read(key, now, grace, tally, |found| {
+            let len = seal::plaintext_len(found.sealed).ok_or(Error::Integrity)?;
+            let opened = core
+                .keyring
+                .with_key(found.shard, found.key_id, |epoch, epoch_key| {
+                    let mut out = SecretBytes::zeroed(len);
+                    seal::open_into(epoch_key, epoch, key, found.sealed, out.as_mut_slice())
+                        .map(|()| out)
+                        .map_err(|_| Error::Integrity)
+                })?;
+            opened.transpose()
+        })
+    }
+
+    /// Opens the secret under `key` into a locked scratch buffer, runs `f`
+    /// on it, and wipes the buffer: the plaintext never touches the
+    /// unlocked heap (what `f` copies out is the caller's business).
+    /// Returns `None`, without calling `f`, if there is no live entry.
+    ///
+    /// # Errors
+    /// As [`get`](Self::get), plus [`Error::Protection`] under
+    /// [`Protection::Require`] if a locked scratch buffer cannot be had.
+    pub fn with<K, R>(&self, key: &K, f: impl FnOnce(&[u8]) -> R) -> Result<Option<R>, Error>
+    where
+        K: CacheKey + ?Sized,
+    {
+        let key = key.key_bytes();
+        let core = self.core();
+        let grace = self.stale_grace();
+        let read = core
+            .store
+            .read(key, self.now(), grace, Tally::Count, |found| {
+                let len = seal::plaintext_len(found.sealed).ok_or(Error::Integrity)?;
+                let mut buf = self.take_scratch(len)?;
+                let opened =
+                    core.keyring
+                        .with_key(found.shard, found.key_id, |epoch, epoch_key| {
+                            seal::open_into(epoch_key, epoch, key, found.sealed, buf.slice_mut(len))
+                                .map_err(|_| Error::Integrity)
+                        });
+                match opened {
+                    Ok(Some(Ok(()))) => Ok(Some((buf, len))),
+                    Ok(None) => {
+                        self.return_scratch(buf);
+                        Ok(None)
+                    }
+                    Ok(Some(Err(err))) | Err(err) => {
+                        self.return_scratch(buf);
+                        Err(err)
+                    }
+                }
+            })?;
+        let (mut buf, len) = match read {
+            Read::Hit(opened, _) => opened,
+            Read::Stale((buf, _)) => {
+                self.return_scratch(buf);
+                return Ok(None);
+            }
+            Read::Negative | Read::Miss => return Ok(None),
+        };
+        let result = f(buf.slice_mut(len));
+        self.return_scratch(buf);
+        Ok(Some(result))
+    }
+
+    fn take_scratch(&self, len: usize) -> Result<LockedBuf, Error> {
+        let core = self.core();
+        {
+            let mut pool = core.scratch.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some(pos) = pool.iter().position(|b| b.capacity() >= len) {
+                return Ok(pool.swap_remove(pos));
+            }
+        }
+        let capacity = (len + 16).div_ceil(4096) * 4096 - 16;
+        let (buf, locked) = LockedBuf::new(capacity.max(SCRATCH_MIN)).map_err(Error::Protection)?;
+        if !locked {
+            if core.settings.protection == Protection::Require {
+                return Err(Error::Protection(ProtectionFailure {
+                    kind: ProtectionKind::Mlock,
+                    errno: None,
+                }));
+            }
+            core.scratch_unlocked.store(true, Ordering::Relaxed);
+        }
+        Ok(buf)
+    }
+
+    fn return_scratch(&self, mut buf: LockedBuf) {
+        buf.wipe();
+        let mut pool = self
+            .core()
+            .scratch
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if pool.len() < SCRATCH_KEPT {
+            pool.push(buf);
+        }
+    }
+
+    /// Removes the entry under `key`; returns whether there was one. A load
+    /// of `key` already in flight will return its value to its callers but
+    /// not cache it: no `get` after this returns sees a value loaded before.
+    pub fn invalidate<K: CacheKey + ?Sized>(&self, key: &K) -> bool {
+        let key = key.key_bytes();
+        let (shard, _) = self.store().locate(key);
+        self.flights()
+            .fence(shard, key, || self.store().remove(key))
+    }
+
+    /// Wipes every epoch key at once (crypto-erase: every sealed entry
+    /// becomes undecryptable) and empties the cache. Its cost does not grow
+    /// with the number of entries: their memory is released on the reaper
+    /// thread.
+    pub fn invalidate_all(&self) {
+        let core = self.core();
+        core.flights.fence_all();
+        core.keyring.shred_all();
+        let garbage = core.store.take_all();
+        self.shared.reaper.dispose(garbage);
+    }
+
+    /// Number of entries held. Expired entries count until a read, an
+    /// eviction or the reaper removes them (at most one epoch after expiry).
+    pub fn len(&self) -> usize {
+        self.core().store.len()
+    }
+
+    /// Whether the cache holds no entries.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The counters since the cache was built.
+    pub fn stats(&self) -> Stats {
+        let core = self.core();
+        let counters = core.store.counters();
+        Stats {
+            hits: counters.hits,
+            misses: counters.misses,
+            inserts: counters.inserts,
+            evictions: counters.evictions,
+            expirations: counters.expirations,
+            integrity_failures: counters.integrity_failures,
+            keys_created: core.keyring.created(),
+            keys_wiped: core.keyring.wiped(),
+            live_keys: core.keyring.live_keys() as u64,
+            reaper_alive: self.shared.reaper.is_alive(),
+            loads: load(&core.load_counters.loads),
+            load_errors: load(&core.load_counters.load_errors),
+            coalesced_waits: load(&core.load_counters.coalesced_waits),
+            negative_hits: counters.negative_hits,
+            refreshes: load(&core.load_counters.refreshes),
+            stale_served: load(&core.load_counters.stale_served),
+        }
+    }
+
+    /// Which memory protections are active, each verified by the result of
+    /// its own system call when the key slab was allocated (and `mlock`
+    /// turned off here if a scratch buffer for [`with`](Self::with) could
+    /// not be locked under [`Protection::BestEffort`]).
+    pub fn protections(&self) -> Protections {
+        let core = self.core();
+        let mut report = core.protections.clone();
+        if core.scratch_unlocked.load(Ordering::Relaxed) {
+            report.mlock = false;
+        }
+        report
+    }
+
+    /// Bytes of locked memory held for epoch keys (constant: it does not
+    /// grow with the number of entries).
+    pub fn locked_bytes(&self) -> usize {
+        self.core().keyring.locked_bytes()
+    }
+
+    /// Waits until the reaper has wiped every key whose deadline has
+    /// passed. Returns false if the reaper has stopped.
+    pub fn sync_reaper(&self) -> bool {
+        self.shared.reaper.sync()
+    }
+
+    /// The time to live of entries.
+    pub fn ttl(&self) -> Duration {
+        self.core().settings.ttl
+    }
+
+    /// The length of one key epoch.
+    pub fn epoch_length(&self) -> Duration {
+        self.core().settings.epoch
+    }
+
+    /// The bound on the number of entries.
+    pub fn max_entries(&self) -> usize {
+        self.core().settings.max_entries
+    }
+
+    #[cfg(feature = "test-hooks")]
+    pub(crate) fn core_for_hooks(&self) -> &Core {
+        self.core()
+    }
+}
+
+fn load(counter: &std::sync::atomic::AtomicU64) -> u64 {
+    counter.load(Ordering::Relaxed)
+}
+
+/// The first baseline protection that is not active, as a failure to report.
+fn first_missing(protections: &Protections) -> Option<ProtectionFailure> {
+    let kind = *protections.missing().first()?;
+    Some(
+        protections
+            .failures
+            .iter()
+            .find(|failure| failure.kind == kind)
+            .cloned()
+            .unwrap_or(ProtectionFailure { kind, errno: None }),
+    )
+}

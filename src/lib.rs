@@ -1,0 +1,97 @@
+//! # sealcache
+//!
+//! A bounded TTL + LRU cache of secrets (API keys, database passwords,
+//! tokens) for servers that would otherwise ask their database for a secret
+//! on every request — built so that a memory dump, a core file, swap, a
+//! forked child or an over-read bug does not hand those secrets out.
+//!
+//! ## What it guarantees
+//!
+//! - **Sealed at rest.** Every cached value is sealed with
+//!   XChaCha20-Poly1305 under the key of the current *epoch*, with a fresh
+//!   random 24-byte nonce. The associated data binds the format version, the
+//!   epoch and the cache key, so an entry altered in any byte, moved to
+//!   another key or replayed under another epoch fails to open with
+//!   [`Error::Integrity`] — never another secret's plaintext.
+//! - **Keys in locked memory.** Epoch keys live in one slab allocated with
+//!   guard pages, a canary, `mlock` and `MADV_DONTDUMP` (or in a
+//!   `memfd_secret` mapping the kernel hides even from root's
+//!   `/proc/PID/mem`), wiped in a forked child. Each protection is verified
+//!   by the result of its own system call and reported by
+//!   [`SealCache::protections`]; [`Protection::Require`] (the default) refuses
+//!   to build a cache without them.
+//! - **Exact expiry, self-shredding keys.** An entry inserted at `t` is never
+//!   returned at or after `t + ttl`. The key of epoch `e` is wiped by a
+//!   dedicated reaper thread at `end(e) + ttl`, with no cache traffic, so a
+//!   copy of an expired entry's ciphertext is undecryptable at most one
+//!   epoch (TTL/4 by default) after the entry expired.
+//!   [`SealCache::invalidate_all`] shreds every key at once.
+//! - **Plaintext on a short leash.** [`SealCache::get`] returns
+//!   [`SecretBytes`] (exact-size, zeroized on drop, redacted `Debug`,
+//!   readable only through [`ExposeSecret`]); [`SealCache::with`] opens into a
+//!   locked scratch buffer and wipes it after your closure returns.
+//!
+//! ## What it does not guarantee
+//!
+//! - Plaintext the caller copies out of [`SecretBytes`] or a `with` closure.
+//! - Microarchitectural leaks (Spectre-class, cache timing) and cold-boot
+//!   attacks on RAM.
+//! - Root on the live machine without `memfd_secret`: it can read locked
+//!   pages through `/proc/PID/mem` or a debugger, and inject code anyway.
+//! - Stack residue of the AEAD's key schedule is not wiped.
+//!
+//! The claims, their attackers and the tests that prove them are listed in
+//! `THREAT_MODEL.md` and `SECURITY.md` at the repository root.
+//!
+//! ## Example
+//!
+//! ```
+//! use sealcache::{ExposeSecret, ManualClock, SealCache};
+//! use std::time::Duration;
+//!
+//! let clock = ManualClock::new();
+//! let cache = SealCache::builder()
+//!     .ttl(Duration::from_secs(60))
+//!     .max_entries(1000)
+//!     .clock(clock.clone())
+//!     .build()?;
+//!
+//! cache.insert("stripe-api-key", "sk_live_123")?;
+//! let key = cache.get("stripe-api-key")?.expect("just inserted");
+//! assert_eq!(key.expose_secret(), b"sk_live_123");
+//!
+//! clock.advance(Duration::from_secs(60));
+//! assert!(cache.get("stripe-api-key")?.is_none(), "expired at t + ttl");
+//! println!("{}", cache.protections());
+//! # Ok::<(), sealcache::Error>(())
+//! ```
+
+#![deny(missing_docs, unsafe_code)]
+#![warn(clippy::undocumented_unsafe_blocks)]
+
+mod cache;
+mod clock;
+mod config;
+mod error;
+mod keyring;
+mod loader;
+#[allow(unsafe_code)]
+mod memory;
+mod reaper;
+mod seal;
+mod secret;
+mod store;
+#[cfg(feature = "test-hooks")]
+pub mod testing;
+
+pub use cache::{MAX_KEY_LEN, MAX_VALUE_LEN, SealCache, Stats};
+pub use clock::{BootClock, Clock, ClockWaker, ManualClock};
+pub use config::{
+    Builder, ConfigError, DEFAULT_MAX_ENTRIES, DEFAULT_TTL, ENV_MAX_ENTRIES, ENV_TTL_SECS,
+    MAX_MAX_ENTRIES, MAX_TTL, MIN_TTL, Protection, ValueProblem,
+};
+pub use error::Error;
+pub use loader::LoadError;
+pub use memory::{Backend, ProtectionFailure, ProtectionKind, Protections, SlabBackend};
+pub use secrecy::ExposeSecret;
+pub use secret::{CacheKey, SecretBytes, SecretValue};

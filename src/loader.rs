@@ -1,0 +1,609 @@
+//! Single-flight read-through loading with fenced invalidation.
+//!
+//! A miss on [`SealCache::get_or_try_load`] joins the key's *flight* if one
+//! is running, or starts one: exactly one caller (the leader) runs the
+//! loader, every other caller for that key waits for the same outcome. The
+//! leader stores the loaded value only if nothing *fenced* the flight while
+//! it ran: `invalidate(key)`, `insert(key, ..)` and `invalidate_all()` all
+//! mark the flights they overlap, so no in-flight load can undo them. The
+//! flight table is sharded like the store, and the check-and-store at the
+//! end of a load happens under the same shard lock as the fencing.
+
+use std::any::Any;
+use std::collections::HashMap;
+use std::fmt;
+#[cfg(feature = "async")]
+use std::future::Future;
+#[cfg(feature = "async")]
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::task::Waker;
+#[cfg(feature = "async")]
+use std::task::{Context, Poll};
+
+use crossbeam_utils::CachePadded;
+
+use crate::cache::{MAX_KEY_LEN, SealCache};
+use crate::error::Error;
+use crate::secret::{CacheKey, SecretBytes, SecretValue};
+use crate::store::Read;
+
+/// Why [`SealCache::get_or_try_load`] failed.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum LoadError<E> {
+    /// The cache itself failed (integrity, fork, protection, ...).
+    Cache(Error),
+    /// The loader returned this error: to the caller that ran it and to
+    /// every caller that waited on the same flight. Errors are never cached.
+    Loader(Arc<E>),
+    /// The loader panicked in another caller's thread; that caller got the
+    /// panic, the waiters get this. The key is not wedged: the next call
+    /// loads again.
+    LoaderPanicked,
+}
+
+impl<E> Clone for LoadError<E> {
+    fn clone(&self) -> Self {
+        match self {
+            Self::Cache(err) => Self::Cache(err.clone()),
+            Self::Loader(err) => Self::Loader(Arc::clone(err)),
+            Self::LoaderPanicked => Self::LoaderPanicked,
+        }
+    }
+}
+
+impl<E: fmt::Display> fmt::Display for LoadError<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Cache(err) => write!(f, "cache error: {err}"),
+            Self::Loader(err) => write!(f, "loader failed: {err}"),
+            Self::LoaderPanicked => f.write_str("the loader panicked in the caller that ran it"),
+        }
+    }
+}
+
+impl<E: std::error::Error + 'static> std::error::Error for LoadError<E> {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::Cache(err) => Some(err),
+            Self::Loader(err) => Some(&**err),
+            Self::LoaderPanicked => None,
+        }
+    }
+}
+
+impl<E> From<Error> for LoadError<E> {
+    fn from(err: Error) -> Self {
+        Self::Cache(err)
+    }
+}
+
+/// Counters of the loading path (added to [`Stats`](crate::Stats)).
+#[derive(Debug, Default)]
+pub(crate) struct LoadCounters {
+    pub(crate) loads: AtomicU64,
+    pub(crate) load_errors: AtomicU64,
+    pub(crate) coalesced_waits: AtomicU64,
+    pub(crate) refreshes: AtomicU64,
+    pub(crate) stale_served: AtomicU64,
+}
+
+fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+/// How a flight ended, as seen by its waiters.
+#[derive(Clone)]
+enum Outcome {
+    Value(Option<Arc<SecretBytes>>),
+    NotFound,
+    Error(Arc<dyn Any + Send + Sync>),
+    Cache(Error),
+    Panicked,
+    /// The leader went away without an outcome (an async leader cancelled).
+    Abandoned,
+}
+
+#[derive(Default)]
+struct FlightState {
+    outcome: Option<Outcome>,
+    waiters: usize,
+    wakers: Vec<Waker>,
+    fenced: bool,
+}
+
+/// One running load.
+pub(crate) struct Flight {
+    state: Mutex<FlightState>,
+    done: Condvar,
+    generation: u64,
+}
+
+impl Flight {
+    fn lock(&self) -> MutexGuard<'_, FlightState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn complete(&self, outcome: Outcome) {
+        let wakers = {
+            let mut state = self.lock();
+            if state.outcome.is_some() {
+                return;
+            }
+            state.outcome = Some(outcome);
+            std::mem::take(&mut state.wakers)
+        };
+        self.done.notify_all();
+        wakers.into_iter().for_each(Waker::wake);
+    }
+
+    fn wait(&self) -> Outcome {
+        let mut state = self.lock();
+        loop {
+            if let Some(outcome) = &state.outcome {
+                return outcome.clone();
+            }
+            state = self
+                .done
+                .wait(state)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+}
+
+/// Waits for a flight without blocking an executor thread.
+#[cfg(feature = "async")]
+struct FlightWait {
+    flight: Arc<Flight>,
+}
+
+#[cfg(feature = "async")]
+impl Future for FlightWait {
+    type Output = Outcome;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome> {
+        let mut state = self.flight.lock();
+        if let Some(outcome) = &state.outcome {
+            return Poll::Ready(outcome.clone());
+        }
+        if !state.wakers.iter().any(|w| w.will_wake(cx.waker())) {
+            state.wakers.push(cx.waker().clone());
+        }
+        Poll::Pending
+    }
+}
+
+type FlightMap = HashMap<Box<[u8]>, Arc<Flight>>;
+
+/// The flight table: one map per store shard, plus the `invalidate_all`
+/// generation that fences every flight started before it.
+pub(crate) struct Flights {
+    shards: Box<[CachePadded<Mutex<FlightMap>>]>,
+    generation: AtomicU64,
+    active: AtomicUsize,
+}
+
+impl Flights {
+    pub(crate) fn new(shards: usize) -> Self {
+        Self {
+            shards: (0..shards)
+                .map(|_| CachePadded::new(Mutex::new(HashMap::new())))
+                .collect(),
+            generation: AtomicU64::new(0),
+            active: AtomicUsize::new(0),
+        }
+    }
+
+    fn lock(&self, shard: usize) -> MutexGuard<'_, FlightMap> {
+        self.shards[shard % self.shards.len()]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Fences the flight of `key` (if any) and runs `then` under the same
+    /// lock, so a load that finishes later cannot store a value from before.
+    pub(crate) fn fence<R>(&self, shard: usize, key: &[u8], then: impl FnOnce() -> R) -> R {
+        if self.active.load(Ordering::Acquire) == 0 {
+            // No flight anywhere: nothing to fence. A flight that starts
+            // after this load of `active` starts after `then` as well, as
+            // seen by its own re-check under the shard lock.
+            let map = self.lock(shard);
+            let result = then();
+            drop(map);
+            return result;
+        }
+        let map = self.lock(shard);
+        if let Some(flight) = map.get(key) {
+            flight.lock().fenced = true;
+        }
+        let result = then();
+        drop(map);
+        result
+    }
+
+    /// Fences every flight running now (for `invalidate_all`).
+    pub(crate) fn fence_all(&self) {
+        let guards: Vec<_> = (0..self.shards.len()).map(|s| self.lock(s)).collect();
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        drop(guards);
+    }
+
+    fn is_fenced(&self, flight: &Flight) -> bool {
+        flight.lock().fenced || flight.generation != self.generation.load(Ordering::Acquire)
+    }
+}
+
+/// Ends a flight if its leader leaves without an outcome: by a panic (the
+/// waiters get `LoaderPanicked`) or, in async code, by being cancelled (the
+/// waiters retry, one of them leading).
+struct Leader<'a> {
+    cache: &'a SealCache,
+    key: &'a [u8],
+    shard: usize,
+    flight: Arc<Flight>,
+    done: bool,
+}
+
+impl Leader<'_> {
+    /// Removes the flight from the table (under its shard lock).
+    fn unregister(&self, map: &mut FlightMap) {
+        if map
+            .get(self.key)
+            .is_some_and(|current| Arc::ptr_eq(current, &self.flight))
+        {
+            map.remove(self.key);
+            self.cache.flights().active.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
+    /// Removes the flight from the table; returns how many callers wait
+    /// on it (no more can join after this).
+    fn close(&self) -> usize {
+        let mut map = self.cache.flights().lock(self.shard);
+        self.unregister(&mut map);
+        drop(map);
+        self.flight.lock().waiters
+    }
+
+    fn finish(mut self, outcome: Outcome) {
+        {
+            let mut map = self.cache.flights().lock(self.shard);
+            self.unregister(&mut map);
+        }
+        self.flight.complete(outcome);
+        self.done = true;
+    }
+}
+
+impl Drop for Leader<'_> {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        {
+            let mut map = self.cache.flights().lock(self.shard);
+            self.unregister(&mut map);
+        }
+        self.flight.complete(if std::thread::panicking() {
+            Outcome::Panicked
+        } else {
+            Outcome::Abandoned
+        });
+    }
+}
+
+/// What to do after the first look at the cache.
+enum Step<'a> {
+    /// Answered from the cache.
+    Done(Option<SecretBytes>),
+    /// Wait for someone else's flight.
+    Join(Arc<Flight>),
+    /// Run the loader: for a miss (with a stale value to fall back on, if
+    /// any) or to refresh a value that is still valid.
+    Lead {
+        leader: Leader<'a>,
+        fallback: Option<SecretBytes>,
+        refresh: bool,
+    },
+}
+
+impl SealCache {
+    /// The secret under `key`, loading it with `loader` on a miss.
+    ///
+    /// - On a hit the loader is not called.
+    /// - On a miss exactly one caller runs its loader; every concurrent
+    ///   caller for the same key waits and receives the same outcome (the
+    ///   value, the same "not found", or the same error). Different keys
+    ///   load in parallel.
+    /// - If `invalidate(key)`, `insert(key, ..)` or `invalidate_all()` runs
+    ///   while the load is in flight, the loaded value is returned to its
+    ///   callers but not cached.
+    /// - Errors are never cached; "not found" is cached only with
+    ///   [`Builder::negative_ttl`](crate::Builder::negative_ttl).
+    /// - With [`refresh_ahead`](crate::Builder::refresh_ahead) and
+    ///   [`max_stale`](crate::Builder::max_stale), see their docs.
+    ///
+    /// ```
+    /// use sealcache::{ExposeSecret, SealCache};
+    ///
+    /// let cache = SealCache::builder().build()?;
+    /// let secret = cache
+    ///     .get_or_try_load("db/password", || -> Result<_, std::io::Error> {
+    ///         Ok(Some("from-the-database"))
+    ///     })
+    ///     .unwrap()
+    ///     .expect("found");
+    /// assert_eq!(secret.expose_secret(), b"from-the-database");
+    /// # Ok::<(), sealcache::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`LoadError::Loader`] with the loader's error, [`LoadError::LoaderPanicked`]
+    /// for waiters of a loader that panicked, [`LoadError::Cache`] for a cache
+    /// error (integrity, fork, ...).
+    ///
+    /// # Panics
+    /// Only if `loader` panics, and then only in the caller that ran it.
+    pub fn get_or_try_load<K, V, E, F>(
+        &self,
+        key: &K,
+        loader: F,
+    ) -> Result<Option<SecretBytes>, LoadError<E>>
+    where
+        K: CacheKey + ?Sized,
+        V: SecretValue,
+        E: Send + Sync + 'static,
+        F: FnOnce() -> Result<Option<V>, E>,
+    {
+        let key = key.key_bytes();
+        let mut loader = Some(loader);
+        loop {
+            match self.first_step(key)? {
+                Step::Done(value) => return Ok(value),
+                Step::Join(flight) => {
+                    bump(&self.load_counters().coalesced_waits);
+                    if let Some(result) = self.received::<E>(flight.wait()) {
+                        return result;
+                    }
+                }
+                Step::Lead {
+                    leader,
+                    fallback,
+                    refresh,
+                } => {
+                    let Some(loader) = loader.take() else {
+                        return Err(LoadError::LoaderPanicked);
+                    };
+                    bump(&self.load_counters().loads);
+                    let loaded = loader();
+                    return self.settle(leader, loaded, fallback, refresh);
+                }
+            }
+        }
+    }
+
+    /// The async form of [`get_or_try_load`](Self::get_or_try_load), with the
+    /// same guarantees. The loader future is only polled by the one caller
+    /// that leads the flight; waiting callers do not block executor threads.
+    /// If the leading future is dropped before it finishes, a waiting caller
+    /// takes over. Runtime-agnostic (only `std::task`).
+    ///
+    /// # Errors
+    /// As [`get_or_try_load`](Self::get_or_try_load).
+    #[cfg(feature = "async")]
+    pub async fn get_or_try_load_async<K, V, E, Fut>(
+        &self,
+        key: &K,
+        loader: Fut,
+    ) -> Result<Option<SecretBytes>, LoadError<E>>
+    where
+        K: CacheKey + ?Sized,
+        V: SecretValue,
+        E: Send + Sync + 'static,
+        Fut: Future<Output = Result<Option<V>, E>>,
+    {
+        let key = key.key_bytes();
+        let mut loader = Some(loader);
+        loop {
+            match self.first_step(key)? {
+                Step::Done(value) => return Ok(value),
+                Step::Join(flight) => {
+                    bump(&self.load_counters().coalesced_waits);
+                    let outcome = FlightWait { flight }.await;
+                    if let Some(result) = self.received::<E>(outcome) {
+                        return result;
+                    }
+                }
+                Step::Lead {
+                    leader,
+                    fallback,
+                    refresh,
+                } => {
+                    let Some(loader) = loader.take() else {
+                        return Err(LoadError::LoaderPanicked);
+                    };
+                    bump(&self.load_counters().loads);
+                    let loaded = loader.await;
+                    return self.settle(leader, loaded, fallback, refresh);
+                }
+            }
+        }
+    }
+
+    /// Reads the cache, then joins or starts a flight.
+    fn first_step<'a>(&'a self, key: &'a [u8]) -> Result<Step<'a>, Error> {
+        if key.len() > MAX_KEY_LEN {
+            return Err(Error::KeyTooLong { len: key.len() });
+        }
+        let now = self.now();
+        let mut fallback = None;
+        match self.read_secret(key, now, self.stale_grace())? {
+            Read::Hit(secret, expires) => {
+                if !self.in_refresh_window(now, expires) {
+                    return Ok(Step::Done(Some(secret)));
+                }
+                let (shard, _) = self.store().locate(key);
+                let mut map = self.flights().lock(shard);
+                if map.contains_key(key) {
+                    // A refresh is running: keep serving the cached value.
+                    return Ok(Step::Done(Some(secret)));
+                }
+                bump(&self.load_counters().refreshes);
+                let leader = self.register(&mut map, key, shard);
+                return Ok(Step::Lead {
+                    leader,
+                    fallback: Some(secret),
+                    refresh: true,
+                });
+            }
+            Read::Negative => return Ok(Step::Done(None)),
+            Read::Stale(secret) => fallback = Some(secret),
+            Read::Miss => {}
+        }
+        let (shard, _) = self.store().locate(key);
+        let mut map = self.flights().lock(shard);
+        if let Some(flight) = map.get(key) {
+            let flight = Arc::clone(flight);
+            flight.lock().waiters += 1;
+            return Ok(Step::Join(flight));
+        }
+        // A flight may have finished between our read and this lock: look
+        // again, under the lock that flights finish under.
+        match self.peek_secret(key, now)? {
+            Read::Hit(secret, _) => return Ok(Step::Done(Some(secret))),
+            Read::Negative => return Ok(Step::Done(None)),
+            Read::Stale(_) | Read::Miss => {}
+        }
+        let leader = self.register(&mut map, key, shard);
+        Ok(Step::Lead {
+            leader,
+            fallback,
+            refresh: false,
+        })
+    }
+
+    fn register<'a>(&'a self, map: &mut FlightMap, key: &'a [u8], shard: usize) -> Leader<'a> {
+        let flights = self.flights();
+        let flight = Arc::new(Flight {
+            state: Mutex::new(FlightState::default()),
+            done: Condvar::new(),
+            generation: flights.generation.load(Ordering::Acquire),
+        });
+        map.insert(Box::from(key), Arc::clone(&flight));
+        flights.active.fetch_add(1, Ordering::AcqRel);
+        Leader {
+            cache: self,
+            key,
+            shard,
+            flight,
+            done: false,
+        }
+    }
+
+    fn in_refresh_window(&self, now: u64, expires: u64) -> bool {
+        let Some(fraction) = self.settings().refresh_ahead else {
+            return false;
+        };
+        let window = (crate::clock::nanos(self.settings().ttl) as f64 * fraction) as u64;
+        now.saturating_add(window) >= expires
+    }
+
+    /// Turns a flight's outcome into a waiter's result; `None` means retry.
+    fn received<E: Send + Sync + 'static>(
+        &self,
+        outcome: Outcome,
+    ) -> Option<Result<Option<SecretBytes>, LoadError<E>>> {
+        Some(match outcome {
+            Outcome::Value(Some(shared)) => {
+                use secrecy::ExposeSecret;
+                Ok(Some(SecretBytes::from(shared.expose_secret())))
+            }
+            Outcome::Value(None) | Outcome::Abandoned => return None,
+            Outcome::NotFound => Ok(None),
+            Outcome::Cache(err) => Err(LoadError::Cache(err)),
+            Outcome::Panicked => Err(LoadError::LoaderPanicked),
+            Outcome::Error(any) => match any.downcast::<E>() {
+                Ok(err) => Err(LoadError::Loader(err)),
+                // The leader's loader had another error type: load ourselves.
+                Err(_) => return None,
+            },
+        })
+    }
+
+    /// Stores (unless fenced) and hands out what the leader's loader returned.
+    fn settle<V: SecretValue, E: Send + Sync + 'static>(
+        &self,
+        leader: Leader<'_>,
+        loaded: Result<Option<V>, E>,
+        fallback: Option<SecretBytes>,
+        refresh: bool,
+    ) -> Result<Option<SecretBytes>, LoadError<E>> {
+        let key = leader.key;
+        match loaded {
+            Ok(Some(value)) => {
+                let stored = value.with_plaintext(|plaintext| {
+                    let mut map = self.flights().lock(leader.shard);
+                    if !self.flights().is_fenced(&leader.flight) {
+                        self.store_plaintext(key, plaintext, self.now())?;
+                    }
+                    leader.unregister(&mut map);
+                    let waiters = leader.flight.lock().waiters;
+                    drop(map);
+                    let shared = (waiters > 0).then(|| Arc::new(SecretBytes::from(plaintext)));
+                    Ok::<_, Error>((SecretBytes::from(plaintext), shared))
+                });
+                match stored {
+                    Ok((mine, shared)) => {
+                        leader.finish(Outcome::Value(shared));
+                        Ok(Some(mine))
+                    }
+                    Err(err) => {
+                        leader.finish(Outcome::Cache(err.clone()));
+                        Err(LoadError::Cache(err))
+                    }
+                }
+            }
+            Ok(None) => {
+                {
+                    let mut map = self.flights().lock(leader.shard);
+                    if !self.flights().is_fenced(&leader.flight) {
+                        // The database says it is gone: so is any cached copy.
+                        self.store().remove(key);
+                        if let Some(negative) = self.settings().negative_ttl {
+                            let now = self.now();
+                            let expires = now.saturating_add(crate::clock::nanos(negative));
+                            self.store().insert_negative(key, expires, now);
+                        }
+                    }
+                    leader.unregister(&mut map);
+                }
+                leader.finish(Outcome::NotFound);
+                Ok(None)
+            }
+            Err(err) => {
+                bump(&self.load_counters().load_errors);
+                match fallback {
+                    Some(old) => {
+                        if !refresh {
+                            bump(&self.load_counters().stale_served);
+                        }
+                        let waiters = leader.close();
+                        let shared = (waiters > 0).then(|| {
+                            use secrecy::ExposeSecret;
+                            Arc::new(SecretBytes::from(old.expose_secret()))
+                        });
+                        leader.finish(Outcome::Value(shared));
+                        Ok(Some(old))
+                    }
+                    None => {
+                        let err = Arc::new(err);
+                        leader.finish(Outcome::Error(err.clone() as Arc<dyn Any + Send + Sync>));
+                        Err(LoadError::Loader(err))
+                    }
+                }
+            }
+        }
+    }
+}

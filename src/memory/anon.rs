@@ -1,0 +1,240 @@
+//! Locked anonymous memory from memsec, with every protection verified.
+//!
+//! memsec 0.7 lays an allocation out as `[size page (read-only) | guard page
+//! | unprotected pages: slack, 16-byte canary, data right-aligned | guard
+//! page]`, obtained from `std::alloc` with page alignment (so possibly from
+//! the glibc heap). It ignores the results of its `mlock`, `madvise` and
+//! `mprotect` calls; this module repeats each call and checks it, adds
+//! `MADV_WIPEONFORK`, and undoes its advice before the memory goes back to
+//! the heap.
+
+use core::ptr::NonNull;
+
+use super::report::{ProtectionFailure, ProtectionKind};
+use super::sys::{self, CANARY_LEN};
+
+/// The protections obtained for an [`AnonRegion`].
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct AnonProtections {
+    pub(super) mlock: bool,
+    pub(super) no_dump: bool,
+    pub(super) guard_pages: bool,
+    pub(super) fork_wipe: bool,
+}
+
+/// One memsec allocation of `len` usable bytes.
+pub(super) struct AnonRegion {
+    /// First usable byte (memsec's user pointer).
+    user: NonNull<u8>,
+    /// Usable length.
+    len: usize,
+    /// Start of memsec's allocation (the size page).
+    base: *mut u8,
+    /// Whole allocation length: size page, two guard pages, unprotected pages.
+    total_len: usize,
+    /// Start and length of the unprotected pages (canary and data).
+    unprotected: *mut u8,
+    unprotected_len: usize,
+    page: usize,
+    /// Which advice/lock we applied and must undo.
+    locked: bool,
+    dont_dump: bool,
+    wipe_on_fork: bool,
+    /// Process that allocated the region.
+    pid: libc::pid_t,
+}
+
+impl AnonRegion {
+    /// Allocates `len` usable bytes, zeroed, and verifies each protection.
+    /// Protections not obtained are pushed to `failures`.
+    ///
+    /// # Errors
+    ///
+    /// [`ProtectionKind::Allocation`] when no memory could be had.
+    pub(super) fn allocate(
+        len: usize,
+        failures: &mut Vec<ProtectionFailure>,
+    ) -> Result<(Self, AnonProtections), ProtectionFailure> {
+        let too_big = ProtectionFailure::new(ProtectionKind::Allocation, Some(libc::ENOMEM));
+        let page = sys::page_size()?;
+        let unprotected_len = len
+            .checked_add(CANARY_LEN)
+            .and_then(|n| sys::page_round(n, page))
+            .ok_or(too_big)?;
+        let total_len = unprotected_len.checked_add(3 * page).ok_or(too_big)?;
+        // memsec builds a `Layout` unchecked: its size must not exceed
+        // isize::MAX once rounded to the page alignment.
+        if total_len > (isize::MAX as usize) - page {
+            return Err(too_big);
+        }
+        // SAFETY: malloc_sized has no caller preconditions beyond a size it
+        // can lay out, checked just above; its result is checked.
+        let Some(slice) = (unsafe { memsec::malloc_sized(len) }) else {
+            return Err(too_big);
+        };
+        let user = slice.cast::<u8>();
+        let canary = (user.as_ptr() as usize) - CANARY_LEN;
+        let unprotected_addr = canary & !(page - 1);
+        let unprotected = user
+            .as_ptr()
+            .wrapping_sub(user.as_ptr() as usize - unprotected_addr);
+        let base = unprotected.wrapping_sub(2 * page);
+        // SAFETY: memsec wrote the unprotected size at `base` (its size page,
+        // readable) when its layout is the one described above; we verify
+        // that before relying on any other derived address.
+        let recorded = unsafe { core::ptr::read_unaligned(base.cast::<usize>()) };
+        if recorded != unprotected_len
+            || unprotected_addr + unprotected_len - len != user.as_ptr() as usize
+        {
+            // Not the layout we know: do not touch it beyond freeing.
+            // SAFETY: `user` came from memsec::malloc_sized and is freed once.
+            unsafe { memsec::free(user) };
+            return Err(ProtectionFailure::new(ProtectionKind::Allocation, None));
+        }
+        let mut region = Self {
+            user,
+            len,
+            base,
+            total_len,
+            unprotected,
+            unprotected_len,
+            page,
+            locked: false,
+            dont_dump: false,
+            wipe_on_fork: false,
+            pid: sys::getpid(),
+        };
+        let protections = region.protect(failures);
+        region.wipe();
+        Ok((region, protections))
+    }
+
+    /// Applies and verifies every protection.
+    fn protect(&mut self, failures: &mut Vec<ProtectionFailure>) -> AnonProtections {
+        let page = self.page;
+        let mut record = |kind, result: Result<(), i32>| match result {
+            Ok(()) => true,
+            Err(errno) => {
+                failures.push(ProtectionFailure::new(kind, Some(errno)));
+                false
+            }
+        };
+        let leading_guard = self.base.wrapping_add(page);
+        let trailing_guard = self.unprotected.wrapping_add(self.unprotected_len);
+        // SAFETY: both guard pages are whole pages of our memsec allocation
+        // that no reference points into.
+        let guard_pages =
+            unsafe { sys::mprotect(leading_guard, page, libc::PROT_NONE) }.and_then(|()| {
+                // SAFETY: as above, for the trailing guard page.
+                unsafe { sys::mprotect(trailing_guard, page, libc::PROT_NONE) }
+            });
+        let guard_pages = record(ProtectionKind::GuardPages, guard_pages);
+        // SAFETY: the unprotected pages are whole pages owned by this
+        // allocation (page-aligned start and length).
+        let mlock = unsafe { sys::mlock(self.unprotected, self.unprotected_len) };
+        self.locked = record(ProtectionKind::Mlock, mlock);
+        // SAFETY: as above; DONTDUMP changes nothing in this process.
+        let no_dump =
+            unsafe { sys::madvise(self.unprotected, self.unprotected_len, libc::MADV_DONTDUMP) };
+        self.dont_dump = record(ProtectionKind::NoDump, no_dump);
+        // SAFETY: as above; WIPEONFORK changes nothing in this process.
+        let wipe = unsafe {
+            sys::madvise(
+                self.unprotected,
+                self.unprotected_len,
+                libc::MADV_WIPEONFORK,
+            )
+        };
+        self.wipe_on_fork = record(ProtectionKind::ForkWipe, wipe);
+        AnonProtections {
+            mlock: self.locked,
+            no_dump: self.dont_dump,
+            guard_pages,
+            fork_wipe: self.wipe_on_fork,
+        }
+    }
+
+    pub(super) fn as_ptr(&self) -> *mut u8 {
+        self.user.as_ptr()
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Zeroes the usable bytes with volatile writes.
+    pub(super) fn wipe(&mut self) {
+        // SAFETY: `user` is valid for reads and writes of `len` bytes and
+        // `&mut self` guarantees no other reference to them exists.
+        let bytes = unsafe { core::slice::from_raw_parts_mut(self.user.as_ptr(), self.len) };
+        zeroize::Zeroize::zeroize(bytes);
+    }
+
+    /// Whether this is a forked child's copy of the region that the kernel
+    /// wiped (`MADV_WIPEONFORK`): freeing it would make memsec abort on the
+    /// zeroed canary. The `getpid` syscall only runs when the canary reads
+    /// as zero, so the common drop path stays syscall-free.
+    fn is_wiped_fork_copy(&self) -> bool {
+        let canary = self.user.as_ptr().wrapping_sub(CANARY_LEN);
+        // SAFETY: the 16 canary bytes precede the user bytes inside the
+        // readable unprotected pages.
+        let zero = unsafe { sys::volatile_all_zero(canary, CANARY_LEN) };
+        zero && sys::getpid() != self.pid
+    }
+}
+
+impl Drop for AnonRegion {
+    fn drop(&mut self) {
+        if self.is_wiped_fork_copy() {
+            // Leak: the child's copy holds no secret (it was wiped) and its
+            // zeroed canary would abort memsec::free.
+            return;
+        }
+        self.wipe();
+        let mut restored = true;
+        if self.wipe_on_fork {
+            // SAFETY: our own unprotected pages; undoing the advice before
+            // they return to the heap.
+            restored &= unsafe {
+                sys::madvise(
+                    self.unprotected,
+                    self.unprotected_len,
+                    libc::MADV_KEEPONFORK,
+                )
+            }
+            .is_ok();
+        }
+        if self.dont_dump {
+            // SAFETY: as above.
+            restored &=
+                unsafe { sys::madvise(self.unprotected, self.unprotected_len, libc::MADV_DODUMP) }
+                    .is_ok();
+        }
+        if self.locked {
+            // SAFETY: our own unprotected pages.
+            restored &= unsafe { sys::munlock(self.unprotected, self.unprotected_len) }.is_ok();
+        }
+        // memsec::free makes the whole allocation read-write again but
+        // ignores the result; check it here so that no PROT_NONE page ever
+        // goes back to the heap.
+        // SAFETY: the whole allocation is ours; no reference points into it
+        // and we only widen access.
+        restored &= unsafe {
+            sys::mprotect(
+                self.base,
+                self.total_len,
+                libc::PROT_READ | libc::PROT_WRITE,
+            )
+        }
+        .is_ok();
+        if !restored {
+            // The memory's state is unknown: leaking is safer than handing
+            // pages with odd advice or protection to other heap users.
+            return;
+        }
+        // SAFETY: `user` came from memsec::malloc_sized, is freed exactly
+        // once, and no reference into it survives. memsec checks the canary
+        // and aborts the process if an overflow corrupted it.
+        unsafe { memsec::free(self.user) };
+    }
+}

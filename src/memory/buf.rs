@@ -1,0 +1,60 @@
+//! [`LockedBuf`]: a locked scratch buffer to decrypt into, with the same
+//! verified protections as the anonymous slab backend.
+
+use core::fmt;
+
+use super::anon::AnonRegion;
+use super::report::ProtectionFailure;
+
+/// `capacity` bytes of locked, no-dump, wipe-on-fork memory between guard
+/// pages. Wiped when dropped.
+pub(crate) struct LockedBuf {
+    region: AnonRegion,
+}
+
+// SAFETY: the buffer exclusively owns its memsec allocation; moving it to
+// another thread moves that ownership, and memsec's free is thread-safe
+// (it goes through the global allocator).
+unsafe impl Send for LockedBuf {}
+
+impl LockedBuf {
+    /// Allocates `capacity` zeroed bytes. The `bool` is whether `mlock` was
+    /// verified.
+    ///
+    /// # Errors
+    ///
+    /// [`ProtectionKind::Allocation`](super::ProtectionKind::Allocation)
+    /// when no memory could be had.
+    pub(crate) fn new(capacity: usize) -> Result<(Self, bool), ProtectionFailure> {
+        let mut failures = Vec::new();
+        let (region, got) = AnonRegion::allocate(capacity, &mut failures)?;
+        Ok((Self { region }, got.mlock))
+    }
+
+    /// Usable bytes.
+    pub(crate) fn capacity(&self) -> usize {
+        self.region.len()
+    }
+
+    /// The first `len` bytes (`len` is clamped to the capacity).
+    pub(crate) fn slice_mut(&mut self, len: usize) -> &mut [u8] {
+        let len = len.min(self.region.len());
+        // SAFETY: the region is valid for reads and writes of its length,
+        // `len` does not exceed it, and `&mut self` makes this the only
+        // reference.
+        unsafe { core::slice::from_raw_parts_mut(self.region.as_ptr(), len) }
+    }
+
+    /// Zeroes every byte (volatile writes).
+    pub(crate) fn wipe(&mut self) {
+        self.region.wipe();
+    }
+}
+
+impl fmt::Debug for LockedBuf {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LockedBuf")
+            .field("capacity", &self.capacity())
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,198 @@
+//! The reaper: a dedicated thread that wipes each epoch key at its
+//! deadline, with no cache traffic at all, and drops the entries sealed
+//! under it.
+//!
+//! It is fed `(key id, deadline)` pairs over a crossbeam channel, keeps them
+//! in a min-heap and sleeps until the earliest (at most [`MAX_SLEEP`] at a
+//! time, so a clock that counts suspend is re-read after a resume). Dropping
+//! the cache sends `Shutdown` and joins the thread. A [`ManualClock`]
+//! (crate::ManualClock) wakes it synchronously on every advance.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::{self, JoinHandle};
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, bounded, unbounded};
+
+use crate::clock::{Clock, nanos};
+
+/// Longest single sleep: deadlines are re-checked at least this often.
+pub(crate) const MAX_SLEEP: Duration = Duration::from_secs(1);
+
+/// Name of the reaper thread.
+pub(crate) const THREAD_NAME: &str = "sealcache-reaper";
+
+/// What the reaper does to a key whose deadline has come.
+pub(crate) trait Wipe: Send + Sync + 'static {
+    /// Wipes key `key_id` and drops the entries sealed under it.
+    fn wipe_key(&self, key_id: u64);
+    /// Ids of live keys whose deadline is at or before `now` (a safety net
+    /// for keys whose schedule message was lost).
+    fn overdue(&self, now: u64) -> Vec<u64>;
+}
+
+/// Messages to the reaper.
+pub(crate) enum Message {
+    /// A new key and the clock reading at which it must be wiped.
+    Schedule { key_id: u64, deadline: u64 },
+    /// Process everything due now, then acknowledge.
+    Sync(Sender<()>),
+    /// Drop this (invalidated entries) off the caller's thread.
+    Dispose(Vec<Box<dyn Send>>),
+    /// Stop.
+    Shutdown,
+}
+
+/// The handle the cache keeps: the channel and the thread.
+pub(crate) struct Reaper {
+    tx: Sender<Message>,
+    thread: Option<JoinHandle<()>>,
+    alive: Arc<AtomicBool>,
+}
+
+impl std::fmt::Debug for Reaper {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reaper")
+            .field("alive", &self.is_alive())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Reaper {
+    /// Starts the reaper thread for `target`, and registers a waker on the
+    /// clock so a manual clock drives it synchronously.
+    pub(crate) fn start<W: Wipe>(clock: Arc<dyn Clock>, target: Arc<W>) -> std::io::Result<Self> {
+        let (tx, rx) = unbounded();
+        let alive = Arc::new(AtomicBool::new(true));
+        let thread_alive = Arc::clone(&alive);
+        let thread_clock = Arc::clone(&clock);
+        let (started_tx, started_rx) = bounded(1);
+        let thread = thread::Builder::new()
+            .name(THREAD_NAME.into())
+            .spawn(move || {
+                let _flag = AliveFlag(thread_alive);
+                let _ = started_tx.send(());
+                run(&*thread_clock, &*target, &rx);
+            })?;
+        // Return only once the thread runs (and carries its name).
+        if started_rx.recv().is_err() {
+            return Err(std::io::Error::other("reaper thread ended at start"));
+        }
+        let waker_tx = tx.clone();
+        clock.register_waker(Box::new(move || sync(&waker_tx)));
+        Ok(Self {
+            tx,
+            thread: Some(thread),
+            alive,
+        })
+    }
+
+    /// Hands a new key's deadline to the thread; false if it has stopped.
+    pub(crate) fn schedule(&self, key_id: u64, deadline: u64) -> bool {
+        self.tx.send(Message::Schedule { key_id, deadline }).is_ok()
+    }
+
+    /// Waits until the thread has wiped every key due now.
+    pub(crate) fn sync(&self) -> bool {
+        sync(&self.tx)
+    }
+
+    /// Drops `garbage` on the reaper thread (or here if it has stopped).
+    pub(crate) fn dispose(&self, garbage: Vec<Box<dyn Send>>) {
+        if let Err(crossbeam_channel::SendError(Message::Dispose(garbage))) =
+            self.tx.send(Message::Dispose(garbage))
+        {
+            drop(garbage);
+        }
+    }
+
+    /// Whether the thread is running.
+    pub(crate) fn is_alive(&self) -> bool {
+        self.alive.load(Ordering::Acquire)
+    }
+
+    /// Stops the thread and waits for it. In a forked child the thread does
+    /// not exist and is not joined.
+    pub(crate) fn shutdown(&mut self, forked: bool) {
+        let _ = self.tx.send(Message::Shutdown);
+        if let Some(thread) = self.thread.take() {
+            if forked {
+                std::mem::forget(thread);
+            } else {
+                let _ = thread.join();
+            }
+        }
+    }
+}
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        if self.thread.is_some() {
+            self.shutdown(false);
+        }
+    }
+}
+
+/// Clears the alive flag when the thread ends, even by a panic.
+struct AliveFlag(Arc<AtomicBool>);
+
+impl Drop for AliveFlag {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
+
+fn sync(tx: &Sender<Message>) -> bool {
+    let (ack_tx, ack_rx) = bounded(1);
+    if tx.send(Message::Sync(ack_tx)).is_err() {
+        return false;
+    }
+    ack_rx.recv().is_ok()
+}
+
+/// The thread's loop.
+fn run<W: Wipe>(clock: &dyn Clock, target: &W, rx: &Receiver<Message>) {
+    let mut deadlines: BinaryHeap<Reverse<(u64, u64)>> = BinaryHeap::new();
+    let mut acks: Vec<Sender<()>> = Vec::new();
+    loop {
+        let now = nanos(clock.now());
+        while let Some(&Reverse((deadline, key_id))) = deadlines.peek() {
+            if deadline > now {
+                break;
+            }
+            deadlines.pop();
+            target.wipe_key(key_id);
+        }
+        if !acks.is_empty() {
+            for key_id in target.overdue(now) {
+                target.wipe_key(key_id);
+            }
+            for ack in acks.drain(..) {
+                let _ = ack.send(());
+            }
+        }
+        let message = match deadlines.peek() {
+            Some(&Reverse((deadline, _))) => {
+                let wait = Duration::from_nanos(deadline.saturating_sub(now)).min(MAX_SLEEP);
+                match rx.recv_timeout(wait) {
+                    Ok(message) => message,
+                    Err(RecvTimeoutError::Timeout) => continue,
+                    Err(RecvTimeoutError::Disconnected) => return,
+                }
+            }
+            None => match rx.recv() {
+                Ok(message) => message,
+                Err(_) => return,
+            },
+        };
+        match message {
+            Message::Schedule { key_id, deadline } => deadlines.push(Reverse((deadline, key_id))),
+            Message::Sync(ack) => acks.push(ack),
+            Message::Dispose(garbage) => drop(garbage),
+            Message::Shutdown => return,
+        }
+    }
+}

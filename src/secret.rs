@@ -1,0 +1,271 @@
+//! The types that carry keys and secrets across the API: [`CacheKey`] (the
+//! bytes a key is bound by), [`SecretValue`] (what `insert` accepts) and
+//! [`SecretBytes`] (what `get` returns: zeroized on drop, redacted in
+//! `Debug`, readable only through [`ExposeSecret`]).
+
+use std::fmt;
+
+use secrecy::ExposeSecret;
+use zeroize::{Zeroize, ZeroizeOnDrop};
+
+/// Anything that can name a cache entry. The bytes it returns are the
+/// identity of the entry and are bound into each sealed entry's associated
+/// data, so an entry moved to another key fails to open.
+///
+/// Implemented for `str`, `String`, `[u8]`, `Vec<u8>`, `[u8; N]` and
+/// references to them.
+pub trait CacheKey {
+    /// The key's bytes.
+    fn key_bytes(&self) -> &[u8];
+}
+
+impl CacheKey for str {
+    fn key_bytes(&self) -> &[u8] {
+        self.as_bytes()
+    }
+}
+impl CacheKey for String {
+    fn key_bytes(&self) -> &[u8] {
+        self.as_bytes()
+    }
+}
+impl CacheKey for [u8] {
+    fn key_bytes(&self) -> &[u8] {
+        self
+    }
+}
+impl CacheKey for Vec<u8> {
+    fn key_bytes(&self) -> &[u8] {
+        self
+    }
+}
+impl<const N: usize> CacheKey for [u8; N] {
+    fn key_bytes(&self) -> &[u8] {
+        self
+    }
+}
+impl<K: CacheKey + ?Sized> CacheKey for &K {
+    fn key_bytes(&self) -> &[u8] {
+        (**self).key_bytes()
+    }
+}
+
+/// A secret to insert. Borrowed values are read and left to the caller;
+/// owned values (`Vec<u8>`, `String`, [`SecretBytes`]) are consumed and
+/// zeroized once sealed.
+pub trait SecretValue {
+    /// Runs `f` on the plaintext, then wipes it if this value owns it.
+    fn with_plaintext<R>(self, f: impl FnOnce(&[u8]) -> R) -> R;
+}
+
+impl SecretValue for &[u8] {
+    fn with_plaintext<R>(self, f: impl FnOnce(&[u8]) -> R) -> R {
+        f(self)
+    }
+}
+impl SecretValue for &str {
+    fn with_plaintext<R>(self, f: impl FnOnce(&[u8]) -> R) -> R {
+        f(self.as_bytes())
+    }
+}
+impl SecretValue for &String {
+    fn with_plaintext<R>(self, f: impl FnOnce(&[u8]) -> R) -> R {
+        f(self.as_bytes())
+    }
+}
+impl SecretValue for &Vec<u8> {
+    fn with_plaintext<R>(self, f: impl FnOnce(&[u8]) -> R) -> R {
+        f(self)
+    }
+}
+impl<const N: usize> SecretValue for &[u8; N] {
+    fn with_plaintext<R>(self, f: impl FnOnce(&[u8]) -> R) -> R {
+        f(self)
+    }
+}
+impl SecretValue for Vec<u8> {
+    fn with_plaintext<R>(mut self, f: impl FnOnce(&[u8]) -> R) -> R {
+        let result = f(&self);
+        self.zeroize();
+        result
+    }
+}
+impl SecretValue for String {
+    fn with_plaintext<R>(mut self, f: impl FnOnce(&[u8]) -> R) -> R {
+        let result = f(self.as_bytes());
+        self.zeroize();
+        result
+    }
+}
+impl SecretValue for SecretBytes {
+    fn with_plaintext<R>(self, f: impl FnOnce(&[u8]) -> R) -> R {
+        f(&self.bytes)
+    }
+}
+impl SecretValue for &SecretBytes {
+    fn with_plaintext<R>(self, f: impl FnOnce(&[u8]) -> R) -> R {
+        f(&self.bytes)
+    }
+}
+
+/// Secret bytes returned by [`SealCache::get`](crate::SealCache::get).
+///
+/// The buffer is allocated once at its exact size, zeroized when dropped,
+/// never `Clone`, and its `Debug` prints `SecretBytes([REDACTED])`. Read it
+/// with [`ExposeSecret::expose_secret`], which makes every read greppable.
+///
+/// ```
+/// use sealcache::{ExposeSecret, SecretBytes};
+///
+/// let secret = SecretBytes::from("hunter2");
+/// assert_eq!(secret.expose_secret(), b"hunter2");
+/// assert_eq!(format!("{secret:?}"), "SecretBytes([REDACTED])");
+/// ```
+///
+/// Secrets cannot be cloned by accident:
+///
+/// ```compile_fail
+/// let secret = sealcache::SecretBytes::from("hunter2");
+/// let copy = secret.clone();
+/// ```
+pub struct SecretBytes {
+    bytes: Box<[u8]>,
+}
+
+impl SecretBytes {
+    /// A zero-filled secret of `len` bytes, to be filled in place.
+    pub(crate) fn zeroed(len: usize) -> Self {
+        Self {
+            bytes: vec![0u8; len].into_boxed_slice(),
+        }
+    }
+
+    /// The buffer, for filling in place.
+    pub(crate) fn as_mut_slice(&mut self) -> &mut [u8] {
+        &mut self.bytes
+    }
+
+    /// The secret's length in bytes (not secret).
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// Whether the secret is empty.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+}
+
+impl From<&[u8]> for SecretBytes {
+    fn from(bytes: &[u8]) -> Self {
+        Self {
+            bytes: Box::from(bytes),
+        }
+    }
+}
+
+impl From<&str> for SecretBytes {
+    fn from(text: &str) -> Self {
+        Self::from(text.as_bytes())
+    }
+}
+
+impl From<Vec<u8>> for SecretBytes {
+    /// Takes the vector without copying when it has no spare capacity;
+    /// otherwise copies into an exact-size buffer and zeroizes the vector.
+    fn from(mut bytes: Vec<u8>) -> Self {
+        if bytes.len() == bytes.capacity() {
+            return Self {
+                bytes: bytes.into_boxed_slice(),
+            };
+        }
+        let exact = Self::from(bytes.as_slice());
+        bytes.zeroize();
+        exact
+    }
+}
+
+impl From<String> for SecretBytes {
+    /// As `From<Vec<u8>>`.
+    fn from(text: String) -> Self {
+        Self::from(text.into_bytes())
+    }
+}
+
+impl ExposeSecret<[u8]> for SecretBytes {
+    fn expose_secret(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+impl Drop for SecretBytes {
+    fn drop(&mut self) {
+        self.bytes.zeroize();
+    }
+}
+
+impl ZeroizeOnDrop for SecretBytes {}
+
+impl fmt::Debug for SecretBytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SecretBytes([REDACTED])")
+    }
+}
+
+impl PartialEq for SecretBytes {
+    /// Constant-time comparison (no early exit on the first differing byte).
+    fn eq(&self, other: &Self) -> bool {
+        self.bytes.len() == other.bytes.len()
+            && self
+                .bytes
+                .iter()
+                .zip(other.bytes.iter())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0
+    }
+}
+
+impl Eq for SecretBytes {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_is_redacted() {
+        let secret = SecretBytes::from("correct horse battery staple");
+        let shown = format!("{secret:?} {secret:#?}");
+        assert!(!shown.contains("horse"));
+        assert!(shown.contains("REDACTED"));
+    }
+
+    #[test]
+    fn vec_with_spare_capacity_is_copied_exactly() {
+        let mut v = Vec::with_capacity(64);
+        v.extend_from_slice(b"abc");
+        let secret = SecretBytes::from(v);
+        assert_eq!(secret.expose_secret(), b"abc");
+        assert_eq!(secret.len(), 3);
+    }
+
+    #[test]
+    fn owned_values_are_wiped_after_use() {
+        let value = String::from("wipe-me");
+        let seen = value.with_plaintext(<[u8]>::to_vec);
+        assert_eq!(seen, b"wipe-me");
+    }
+
+    #[test]
+    fn keys_of_every_kind_give_the_same_bytes() {
+        fn bytes<K: CacheKey + ?Sized>(k: &K) -> Vec<u8> {
+            k.key_bytes().to_vec()
+        }
+        assert_eq!(bytes("ab"), b"ab");
+        assert_eq!(bytes(&String::from("ab")), b"ab");
+        assert_eq!(bytes(&b"ab"[..]), b"ab");
+        assert_eq!(bytes(&vec![b'a', b'b']), b"ab");
+        assert_eq!(bytes(b"ab"), b"ab");
+    }
+}

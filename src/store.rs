@@ -1,0 +1,692 @@
+//! The sharded LRU of sealed entries, with exact expiry.
+//!
+//! Each shard is a mutex around a hash table of node indices, a slab of
+//! nodes and an intrusive recency list. A global access tick orders
+//! accesses across shards, and each shard publishes the tick of its least
+//! recently used node, so eviction removes the globally least recently used
+//! entry while hits on different shards never share a lock. Entries hold
+//! ciphertext only; the plaintext never reaches this module.
+
+use std::hash::{BuildHasher, RandomState};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use crossbeam_utils::CachePadded;
+use hashbrown::HashTable;
+
+use crate::error::Error;
+
+const NIL: u32 = u32::MAX;
+/// Key id of a free node (no key ever has it).
+const FREE: u64 = 0;
+/// Key id of a cached "not found" (negative entry): no sealed bytes.
+pub(crate) const NEGATIVE: u64 = u64::MAX;
+/// Published tail tick of an empty shard.
+const EMPTY: u64 = u64::MAX;
+
+/// Counters kept per shard under its lock and summed on demand.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Counters {
+    pub(crate) hits: u64,
+    pub(crate) misses: u64,
+    pub(crate) inserts: u64,
+    pub(crate) evictions: u64,
+    pub(crate) expirations: u64,
+    pub(crate) integrity_failures: u64,
+    pub(crate) negative_hits: u64,
+}
+
+impl Counters {
+    fn add(&mut self, other: &Self) {
+        self.hits += other.hits;
+        self.misses += other.misses;
+        self.inserts += other.inserts;
+        self.evictions += other.evictions;
+        self.expirations += other.expirations;
+        self.integrity_failures += other.integrity_failures;
+        self.negative_hits += other.negative_hits;
+    }
+}
+
+/// One cached entry: the cache key followed by its sealed bytes, in one
+/// allocation.
+#[derive(Debug)]
+struct Node {
+    data: Box<[u8]>,
+    key_len: u32,
+    prev: u32,
+    next: u32,
+    tick: u64,
+    expires: u64,
+    key_id: u64,
+}
+
+impl Node {
+    fn key(&self) -> &[u8] {
+        &self.data[..self.key_len as usize]
+    }
+    fn sealed(&self) -> &[u8] {
+        &self.data[self.key_len as usize..]
+    }
+}
+
+/// Storage of one shard.
+#[derive(Debug)]
+struct Shard {
+    table: HashTable<u32>,
+    nodes: Vec<Node>,
+    free: Vec<u32>,
+    head: u32,
+    tail: u32,
+    counters: Counters,
+}
+
+impl Shard {
+    fn new() -> Self {
+        Self {
+            table: HashTable::new(),
+            nodes: Vec::new(),
+            free: Vec::new(),
+            head: NIL,
+            tail: NIL,
+            counters: Counters::default(),
+        }
+    }
+
+    fn find(&self, hash: u64, key: &[u8]) -> Option<u32> {
+        let nodes = &self.nodes;
+        self.table
+            .find(hash, |&i| nodes[i as usize].key() == key)
+            .copied()
+    }
+
+    fn unlink(&mut self, i: u32) {
+        let (prev, next) = {
+            let node = &self.nodes[i as usize];
+            (node.prev, node.next)
+        };
+        match prev {
+            NIL => self.head = next,
+            p => self.nodes[p as usize].next = next,
+        }
+        match next {
+            NIL => self.tail = prev,
+            n => self.nodes[n as usize].prev = prev,
+        }
+    }
+
+    fn push_front(&mut self, i: u32, tick: u64) {
+        let old_head = self.head;
+        {
+            let node = &mut self.nodes[i as usize];
+            node.prev = NIL;
+            node.next = old_head;
+            node.tick = tick;
+        }
+        match old_head {
+            NIL => self.tail = i,
+            h => self.nodes[h as usize].prev = i,
+        }
+        self.head = i;
+    }
+
+    fn touch(&mut self, i: u32, tick: u64) {
+        self.unlink(i);
+        self.push_front(i, tick);
+    }
+
+    fn remove(&mut self, i: u32, hasher: &RandomState) {
+        self.unlink(i);
+        let hash = hasher.hash_one(self.nodes[i as usize].key());
+        if let Ok(entry) = self.table.find_entry(hash, |&j| j == i) {
+            entry.remove();
+        }
+        let node = &mut self.nodes[i as usize];
+        node.data = Box::default();
+        node.key_len = 0;
+        node.key_id = FREE;
+        self.free.push(i);
+    }
+
+    fn add(&mut self, hash: u64, node: Node, hasher: &RandomState) -> u32 {
+        let tick = node.tick;
+        let i = match self.free.pop() {
+            Some(i) => {
+                self.nodes[i as usize] = node;
+                i
+            }
+            None => {
+                self.nodes.push(node);
+                u32::try_from(self.nodes.len() - 1).unwrap_or(NIL)
+            }
+        };
+        let nodes = &self.nodes;
+        self.table
+            .insert_unique(hash, i, |&j| hasher.hash_one(nodes[j as usize].key()));
+        self.push_front(i, tick);
+        i
+    }
+
+    fn tail_tick(&self) -> u64 {
+        match self.tail {
+            NIL => EMPTY,
+            t => self.nodes[t as usize].tick,
+        }
+    }
+
+    fn live(&self) -> usize {
+        self.nodes.len() - self.free.len()
+    }
+}
+
+/// What a read found.
+pub(crate) enum Read<R> {
+    /// A live entry, opened by the caller's closure; with its expiry.
+    Hit(R, u64),
+    /// An entry past its expiry but within the stale grace period, opened.
+    Stale(R),
+    /// A live cached "not found".
+    Negative,
+    /// No usable entry (absent, expired, or its key was wiped).
+    Miss,
+}
+
+/// Whether a read counts in the hit/miss statistics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Tally {
+    /// A caller's read: counted.
+    Count,
+    /// An internal second look (single-flight re-check): not counted.
+    Quiet,
+}
+
+/// A stored entry handed to the opening closure.
+pub(crate) struct Found<'a> {
+    /// The shard the entry lives in (the key-lock stripe to use).
+    pub(crate) shard: usize,
+    /// The id of the key it was sealed under.
+    pub(crate) key_id: u64,
+    /// The sealed bytes.
+    pub(crate) sealed: &'a [u8],
+}
+
+/// The sharded store.
+pub(crate) struct Store {
+    shards: Box<[CachePadded<Mutex<Shard>>]>,
+    tails: Box<[CachePadded<AtomicU64>]>,
+    tick: CachePadded<AtomicU64>,
+    len: CachePadded<AtomicUsize>,
+    hasher: RandomState,
+    max_entries: usize,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("shards", &self.shards.len())
+            .field("len", &self.len())
+            .field("max_entries", &self.max_entries)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Store {
+    /// A store of `shards` shards (a power of two) bounded to `max_entries`.
+    pub(crate) fn new(shards: usize, max_entries: usize) -> Self {
+        let shards = shards.max(1).next_power_of_two();
+        Self {
+            shards: (0..shards)
+                .map(|_| CachePadded::new(Mutex::new(Shard::new())))
+                .collect(),
+            tails: (0..shards)
+                .map(|_| CachePadded::new(AtomicU64::new(EMPTY)))
+                .collect(),
+            tick: CachePadded::new(AtomicU64::new(0)),
+            len: CachePadded::new(AtomicUsize::new(0)),
+            hasher: RandomState::new(),
+            max_entries,
+        }
+    }
+
+    /// The shard index and hash of a key.
+    pub(crate) fn locate(&self, key: &[u8]) -> (usize, u64) {
+        let hash = self.hasher.hash_one(key);
+        // Bits 32.. pick the shard: the table uses the low bits for buckets
+        // and the top seven for its control bytes.
+        let shard = (hash >> 32) as usize & (self.shards.len() - 1);
+        (shard, hash)
+    }
+
+    fn lock(&self, shard: usize) -> MutexGuard<'_, Shard> {
+        // A panic cannot leave a shard half-updated: every mutation that
+        // could panic (allocation) happens before links are changed.
+        self.shards[shard]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn publish_tail(&self, shard: usize, guard: &Shard) {
+        let tick = guard.tail_tick();
+        let slot = &self.tails[shard];
+        if slot.load(Ordering::Relaxed) != tick {
+            slot.store(tick, Ordering::Relaxed);
+        }
+    }
+
+    fn next_tick(&self) -> u64 {
+        self.tick.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn removed(&self, count: usize) {
+        self.len.fetch_sub(count, Ordering::Relaxed);
+    }
+
+    /// Looks `key` up at time `now`. A live entry is marked most recently
+    /// used and handed to `open`, which returns the opened value, `None` if
+    /// its key has been wiped, or an error. An entry past its expiry by less
+    /// than `grace` is opened and returned as [`Read::Stale`] (not counted as
+    /// a hit, not refreshed in recency). Expired entries, entries whose key is
+    /// gone and entries that fail integrity are removed.
+    pub(crate) fn read<R>(
+        &self,
+        key: &[u8],
+        now: u64,
+        grace: u64,
+        tally: Tally,
+        open: impl FnOnce(Found<'_>) -> Result<Option<R>, Error>,
+    ) -> Result<Read<R>, Error> {
+        let (s, hash) = self.locate(key);
+        let mut guard = self.lock(s);
+        let shard = &mut *guard;
+        let mut counters = Counters::default();
+        let result = self.read_locked(shard, s, hash, key, now, grace, &mut counters, open);
+        if tally == Tally::Count {
+            shard.counters.add(&counters);
+        } else {
+            shard.counters.expirations += counters.expirations;
+            shard.counters.integrity_failures += counters.integrity_failures;
+        }
+        result
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn read_locked<R>(
+        &self,
+        shard: &mut Shard,
+        s: usize,
+        hash: u64,
+        key: &[u8],
+        now: u64,
+        grace: u64,
+        counters: &mut Counters,
+        open: impl FnOnce(Found<'_>) -> Result<Option<R>, Error>,
+    ) -> Result<Read<R>, Error> {
+        let Some(i) = shard.find(hash, key) else {
+            counters.misses += 1;
+            return Ok(Read::Miss);
+        };
+        let (expires, key_id) = {
+            let node = &shard.nodes[i as usize];
+            (node.expires, node.key_id)
+        };
+        let stale = now >= expires;
+        if stale && (key_id == NEGATIVE || now - expires >= grace) {
+            shard.remove(i, &self.hasher);
+            counters.misses += 1;
+            counters.expirations += 1;
+            self.removed(1);
+            self.publish_tail(s, shard);
+            return Ok(Read::Miss);
+        }
+        if !stale {
+            let tick = self.next_tick();
+            shard.touch(i, tick);
+            self.publish_tail(s, shard);
+        }
+        if key_id == NEGATIVE {
+            counters.negative_hits += 1;
+            return Ok(Read::Negative);
+        }
+        let node = &shard.nodes[i as usize];
+        let found = Found {
+            shard: s,
+            key_id,
+            sealed: node.sealed(),
+        };
+        match open(found) {
+            Ok(Some(value)) if stale => {
+                counters.misses += 1;
+                Ok(Read::Stale(value))
+            }
+            Ok(Some(value)) => {
+                counters.hits += 1;
+                Ok(Read::Hit(value, expires))
+            }
+            Ok(None) => {
+                shard.remove(i, &self.hasher);
+                counters.misses += 1;
+                counters.expirations += 1;
+                self.removed(1);
+                self.publish_tail(s, shard);
+                Ok(Read::Miss)
+            }
+            Err(Error::Integrity) => {
+                shard.remove(i, &self.hasher);
+                counters.integrity_failures += 1;
+                self.removed(1);
+                self.publish_tail(s, shard);
+                Err(Error::Integrity)
+            }
+            Err(other) => Err(other),
+        }
+    }
+
+    /// Stores `data` (the key's bytes followed by the sealed entry) as the
+    /// most recently used entry, replacing any entry under the same key, then
+    /// evicts least recently used entries beyond the bound.
+    pub(crate) fn insert(
+        &self,
+        data: Box<[u8]>,
+        key_len: usize,
+        expires: u64,
+        key_id: u64,
+        now: u64,
+    ) {
+        let key_len32 = u32::try_from(key_len).unwrap_or(u32::MAX);
+        let (s, hash) = self.locate(&data[..key_len]);
+        {
+            let mut shard = self.lock(s);
+            let tick = self.next_tick();
+            match shard.find(hash, &data[..key_len]) {
+                Some(i) => {
+                    let node = &mut shard.nodes[i as usize];
+                    node.data = data;
+                    node.expires = expires;
+                    node.key_id = key_id;
+                    shard.touch(i, tick);
+                }
+                None => {
+                    let node = Node {
+                        data,
+                        key_len: key_len32,
+                        prev: NIL,
+                        next: NIL,
+                        tick,
+                        expires,
+                        key_id,
+                    };
+                    shard.add(hash, node, &self.hasher);
+                    self.len.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            shard.counters.inserts += 1;
+            self.publish_tail(s, &shard);
+        }
+        self.evict_overflow(now);
+    }
+
+    /// Stores a cached "not found" for `key` until `expires`.
+    pub(crate) fn insert_negative(&self, key: &[u8], expires: u64, now: u64) {
+        self.insert(Box::from(key), key.len(), expires, NEGATIVE, now);
+    }
+
+    /// Evicts globally least recently used entries until the bound holds.
+    fn evict_overflow(&self, now: u64) {
+        while self.len.load(Ordering::Relaxed) > self.max_entries {
+            let oldest = self
+                .tails
+                .iter()
+                .enumerate()
+                .map(|(s, tick)| (tick.load(Ordering::Relaxed), s))
+                .min();
+            let Some((tick, s)) = oldest else { return };
+            if tick == EMPTY {
+                return;
+            }
+            let mut shard = self.lock(s);
+            let tail = shard.tail;
+            if tail == NIL {
+                self.publish_tail(s, &shard);
+                continue;
+            }
+            if now >= shard.nodes[tail as usize].expires {
+                shard.counters.expirations += 1;
+            } else {
+                shard.counters.evictions += 1;
+            }
+            shard.remove(tail, &self.hasher);
+            self.removed(1);
+            self.publish_tail(s, &shard);
+        }
+    }
+
+    /// Removes the entry under `key`; returns whether there was one.
+    pub(crate) fn remove(&self, key: &[u8]) -> bool {
+        let (s, hash) = self.locate(key);
+        let mut shard = self.lock(s);
+        let Some(i) = shard.find(hash, key) else {
+            return false;
+        };
+        shard.remove(i, &self.hasher);
+        self.removed(1);
+        self.publish_tail(s, &shard);
+        true
+    }
+
+    /// Removes every entry sealed under `key_id` (its key has been wiped);
+    /// returns how many, counted as expirations.
+    pub(crate) fn remove_sealed_under(&self, key_id: u64) -> usize {
+        let mut total = 0;
+        for s in 0..self.shards.len() {
+            let mut shard = self.lock(s);
+            let doomed: Vec<u32> = shard
+                .nodes
+                .iter()
+                .enumerate()
+                .filter(|(_, node)| node.key_id == key_id && key_id != FREE)
+                .map(|(i, _)| i as u32)
+                .collect();
+            for &i in &doomed {
+                shard.remove(i, &self.hasher);
+            }
+            shard.counters.expirations += doomed.len() as u64;
+            total += doomed.len();
+            self.publish_tail(s, &shard);
+        }
+        self.removed(total);
+        total
+    }
+
+    /// Empties every shard in O(shards) and returns the old contents, to be
+    /// dropped elsewhere (the reaper thread) so the caller's cost does not
+    /// grow with the number of entries.
+    pub(crate) fn take_all(&self) -> Vec<Box<dyn Send>> {
+        let mut taken: Vec<Box<dyn Send>> = Vec::with_capacity(self.shards.len());
+        for s in 0..self.shards.len() {
+            let mut shard = self.lock(s);
+            let live = shard.live();
+            let counters = shard.counters;
+            let mut old = std::mem::replace(&mut *shard, Shard::new());
+            shard.counters = counters;
+            old.counters = Counters::default();
+            self.removed(live);
+            self.publish_tail(s, &shard);
+            drop(shard);
+            taken.push(Box::new(old));
+        }
+        taken
+    }
+
+    /// Number of entries held (expired entries count until they are removed
+    /// by a read, an eviction or the reaper).
+    pub(crate) fn len(&self) -> usize {
+        self.len.load(Ordering::Relaxed)
+    }
+
+    /// The counters of every shard, summed.
+    pub(crate) fn counters(&self) -> Counters {
+        let mut total = Counters::default();
+        for s in 0..self.shards.len() {
+            total.add(&self.lock(s).counters);
+        }
+        total
+    }
+
+    #[cfg(feature = "test-hooks")]
+    /// Heap bytes held by entries: node slots, table buckets and entry data
+    /// (an estimate that ignores allocator headers).
+    pub(crate) fn heap_bytes(&self) -> usize {
+        (0..self.shards.len())
+            .map(|s| {
+                let shard = self.lock(s);
+                shard.nodes.capacity() * std::mem::size_of::<Node>()
+                    + shard.table.capacity() * (std::mem::size_of::<u32>() + 1)
+                    + shard.free.capacity() * std::mem::size_of::<u32>()
+                    + shard.nodes.iter().map(|n| n.data.len()).sum::<usize>()
+            })
+            .sum()
+    }
+
+    /// Mutates the stored sealed bytes of `key` (test hooks: integrity tests).
+    #[cfg(feature = "test-hooks")]
+    pub(crate) fn tamper(&self, key: &[u8], f: impl FnOnce(&mut [u8])) -> bool {
+        let (s, hash) = self.locate(key);
+        let mut shard = self.lock(s);
+        let Some(i) = shard.find(hash, key) else {
+            return false;
+        };
+        let node = &mut shard.nodes[i as usize];
+        let key_len = node.key_len as usize;
+        f(&mut node.data[key_len..]);
+        true
+    }
+
+    /// Swaps the sealed bytes (and key ids) of two entries (test hooks).
+    #[cfg(feature = "test-hooks")]
+    pub(crate) fn swap_sealed(&self, a: &[u8], b: &[u8]) -> bool {
+        let take = |key: &[u8]| -> Option<(Vec<u8>, u64)> {
+            let (s, hash) = self.locate(key);
+            let shard = self.lock(s);
+            let i = shard.find(hash, key)?;
+            let node = &shard.nodes[i as usize];
+            Some((node.sealed().to_vec(), node.key_id))
+        };
+        let put = |key: &[u8], sealed: &[u8], key_id: u64| {
+            let (s, hash) = self.locate(key);
+            let mut shard = self.lock(s);
+            if let Some(i) = shard.find(hash, key) {
+                let node = &mut shard.nodes[i as usize];
+                let mut data = node.key().to_vec();
+                data.extend_from_slice(sealed);
+                node.data = data.into_boxed_slice();
+                node.key_id = key_id;
+            }
+        };
+        let (Some((sa, ia)), Some((sb, ib))) = (take(a), take(b)) else {
+            return false;
+        };
+        put(a, &sb, ib);
+        put(b, &sa, ia);
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn data(key: &[u8], sealed: &[u8]) -> Box<[u8]> {
+        [key, sealed].concat().into_boxed_slice()
+    }
+
+    fn get(store: &Store, key: &[u8], now: u64) -> Option<Vec<u8>> {
+        match store
+            .read(key, now, 0, Tally::Count, |found| {
+                Ok(Some(found.sealed.to_vec()))
+            })
+            .unwrap()
+        {
+            Read::Hit(v, _) => Some(v),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn global_lru_across_shards() {
+        let store = Store::new(16, 3);
+        for k in [b"a", b"b", b"c"] {
+            store.insert(data(k, k), 1, 100, 1, 0);
+        }
+        assert!(get(&store, b"a", 0).is_some());
+        store.insert(data(b"d", b"d"), 1, 100, 1, 0);
+        assert!(get(&store, b"b", 0).is_none(), "b was least recently used");
+        assert!(get(&store, b"a", 0).is_some());
+        assert!(get(&store, b"c", 0).is_some());
+        assert!(get(&store, b"d", 0).is_some());
+        assert_eq!(store.len(), 3);
+        assert_eq!(store.counters().evictions, 1);
+    }
+
+    #[test]
+    fn expiry_is_exact() {
+        let store = Store::new(4, 10);
+        store.insert(data(b"k", b"v"), 1, 100, 1, 0);
+        assert!(get(&store, b"k", 99).is_some());
+        assert!(get(&store, b"k", 100).is_none());
+        assert_eq!(store.len(), 0);
+        assert_eq!(store.counters().expirations, 1);
+    }
+
+    #[test]
+    fn stale_entries_are_served_only_within_grace_and_negatives_never() {
+        let store = Store::new(4, 10);
+        store.insert(data(b"k", b"v"), 1, 100, 1, 0);
+        store.insert_negative(b"n", 100, 0);
+        let read = |now, grace| {
+            store
+                .read(b"k", now, grace, Tally::Count, |found| {
+                    Ok(Some(found.sealed.to_vec()))
+                })
+                .unwrap()
+        };
+        assert!(matches!(read(99, 50), Read::Hit(_, 100)));
+        assert!(matches!(read(149, 50), Read::Stale(_)));
+        assert!(matches!(
+            store
+                .read(b"n", 99, 50, Tally::Count, |_| Ok(Some(())))
+                .unwrap(),
+            Read::Negative
+        ));
+        assert!(matches!(
+            store
+                .read(b"n", 100, 50, Tally::Count, |_| Ok(Some(())))
+                .unwrap(),
+            Read::Miss
+        ));
+        assert!(matches!(read(150, 50), Read::Miss));
+        assert_eq!(store.len(), 0);
+    }
+
+    #[test]
+    fn replacing_keeps_one_entry() {
+        let store = Store::new(4, 10);
+        store.insert(data(b"k", b"v1"), 1, 100, 1, 0);
+        store.insert(data(b"k", b"v2"), 1, 100, 2, 0);
+        assert_eq!(store.len(), 1);
+        assert_eq!(get(&store, b"k", 0).unwrap(), b"v2");
+    }
+
+    #[test]
+    fn sweep_and_take_all() {
+        let store = Store::new(4, 100);
+        for i in 0..50u8 {
+            store.insert(data(&[i], b"x"), 1, 100, 1 + u64::from(i % 2), 0);
+        }
+        assert_eq!(store.remove_sealed_under(1), 25);
+        assert_eq!(store.len(), 25);
+        let taken = store.take_all();
+        assert_eq!(taken.len(), 4);
+        assert_eq!(store.len(), 0);
+        assert!(get(&store, &[1], 0).is_none());
+    }
+}

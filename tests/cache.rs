@@ -1,0 +1,477 @@
+//! Behaviour a user relies on: round trips, exact expiry, LRU order,
+//! invalidation, integrity, the reaper, drop, Debug redaction, and a
+//! multi-threaded run with consistent stats.
+#![cfg(feature = "test-hooks")]
+
+use std::sync::Arc;
+use std::thread;
+use std::time::Duration;
+
+use sealcache::{
+    Backend, Error, ExposeSecret, ManualClock, Protection, SealCache, SecretBytes, testing,
+};
+
+const TTL: Duration = Duration::from_secs(60);
+
+fn cache_with(clock: &ManualClock, max_entries: usize) -> SealCache {
+    SealCache::builder()
+        .ttl(TTL)
+        .max_entries(max_entries)
+        .clock(clock.clone())
+        .build()
+        .expect("cache builds with every protection on this machine")
+}
+
+fn get(cache: &SealCache, key: &str) -> Option<Vec<u8>> {
+    cache
+        .get(key)
+        .expect("no error")
+        .map(|s| s.expose_secret().to_vec())
+}
+
+#[test]
+fn round_trips_secrets_of_every_size_through_get_and_with() {
+    let clock = ManualClock::new();
+    let cache = cache_with(&clock, 100);
+    let big: Vec<u8> = (0..65_536u32).map(|i| (i * 7 + 3) as u8).collect();
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("empty", vec![]),
+        ("one", vec![0x42]),
+        ("sixty-four", vec![0xA5; 64]),
+        ("sixty-four-kib", big),
+        ("not-utf8", vec![0xff, 0xfe, 0x00, 0xc3, 0x28, 0x80]),
+    ];
+    for (key, value) in &cases {
+        cache.insert(*key, value.as_slice()).unwrap();
+    }
+    for (key, value) in &cases {
+        assert_eq!(get(&cache, key).as_ref(), Some(value), "{key}");
+        let seen = cache.with(*key, <[u8]>::to_vec).unwrap();
+        assert_eq!(seen.as_ref(), Some(value), "{key} via with");
+    }
+    assert_eq!(cache.len(), cases.len());
+}
+
+#[test]
+fn every_key_and_value_kind_is_accepted() {
+    let clock = ManualClock::new();
+    let cache = cache_with(&clock, 100);
+    cache.insert("str", "a").unwrap();
+    cache
+        .insert(&String::from("string"), String::from("b"))
+        .unwrap();
+    cache.insert(&b"bytes"[..], &b"c"[..]).unwrap();
+    cache.insert(&vec![1u8, 2, 3], vec![b'd']).unwrap();
+    cache.insert(b"array", SecretBytes::from("e")).unwrap();
+    assert_eq!(get(&cache, "str").unwrap(), b"a");
+    assert_eq!(get(&cache, "string").unwrap(), b"b");
+    assert_eq!(get(&cache, "bytes").unwrap(), b"c");
+    assert_eq!(
+        cache
+            .get(&vec![1u8, 2, 3])
+            .unwrap()
+            .unwrap()
+            .expose_secret(),
+        b"d"
+    );
+    assert_eq!(cache.get(b"array").unwrap().unwrap().expose_secret(), b"e");
+}
+
+#[test]
+fn expiry_is_exact_at_t_plus_ttl() {
+    let clock = ManualClock::new();
+    clock.advance(Duration::from_millis(12_345));
+    let cache = cache_with(&clock, 100);
+    cache.insert("k", "v").unwrap();
+    clock.advance(TTL - Duration::from_nanos(1));
+    assert_eq!(get(&cache, "k").unwrap(), b"v", "hit at t + ttl - 1ns");
+    clock.advance(Duration::from_nanos(1));
+    assert_eq!(get(&cache, "k"), None, "miss at exactly t + ttl");
+    let stats = cache.stats();
+    assert_eq!((stats.hits, stats.misses, stats.expirations), (1, 1, 1));
+    assert!(cache.with("k", |_| ()).unwrap().is_none());
+}
+
+#[test]
+fn lru_evicts_least_recently_used_and_reads_refresh_recency() {
+    let clock = ManualClock::new();
+    let cache = cache_with(&clock, 3);
+    for k in ["a", "b", "c"] {
+        cache.insert(k, k).unwrap();
+    }
+    // Reading "a" makes "b" the least recently used.
+    assert!(get(&cache, "a").is_some());
+    cache.insert("d", "d").unwrap();
+    assert_eq!(get(&cache, "b"), None, "b evicted");
+    // Recency now (old → new): c, a, d. `with` refreshes too.
+    assert!(cache.with("c", |_| ()).unwrap().is_some());
+    cache.insert("e", "e").unwrap();
+    assert_eq!(get(&cache, "a"), None, "a evicted");
+    for k in ["c", "d", "e"] {
+        assert!(get(&cache, k).is_some(), "{k} kept");
+    }
+    assert_eq!(cache.len(), 3);
+    assert_eq!(cache.stats().evictions, 2);
+    // Replacing a value refreshes recency and does not grow the cache.
+    cache.insert("c", "c2").unwrap();
+    cache.insert("f", "f").unwrap();
+    assert_eq!(get(&cache, "d"), None);
+    assert_eq!(get(&cache, "c").unwrap(), b"c2");
+    assert_eq!(cache.len(), 3);
+}
+
+#[test]
+fn invalidate_removes_one_and_invalidate_all_shreds_every_key() {
+    let clock = ManualClock::new();
+    let cache = cache_with(&clock, 100);
+    for i in 0..10 {
+        cache.insert(&format!("k{i}"), "v").unwrap();
+    }
+    assert!(cache.invalidate("k3"));
+    assert!(!cache.invalidate("k3"));
+    assert_eq!(get(&cache, "k3"), None);
+    assert_eq!(cache.len(), 9);
+    assert!(cache.stats().live_keys >= 1);
+    cache.invalidate_all();
+    assert_eq!(cache.len(), 0);
+    assert!(testing::slab_is_zero(&cache), "every key byte wiped");
+    assert_eq!(cache.stats().live_keys, 0);
+    for i in 0..10 {
+        assert_eq!(get(&cache, &format!("k{i}")), None);
+    }
+    cache.invalidate_all();
+    // The cache keeps working under a fresh key.
+    cache.insert("after", "x").unwrap();
+    assert_eq!(get(&cache, "after").unwrap(), b"x");
+}
+
+#[test]
+fn every_single_byte_alteration_of_a_sealed_entry_is_an_integrity_error() {
+    let clock = ManualClock::new();
+    let cache = cache_with(&clock, 10);
+    let secret = [0x5Au8; 64];
+    let probe_len = {
+        cache.insert("k", &secret).unwrap();
+        let mut len = 0;
+        testing::tamper(&cache, b"k", |sealed| len = sealed.len());
+        len
+    };
+    assert_eq!(probe_len, 64 + testing::SEAL_OVERHEAD);
+    for position in 0..probe_len {
+        for flip in [0x01u8, 0x80] {
+            cache.insert("k", &secret).unwrap();
+            assert!(testing::tamper(&cache, b"k", |sealed| sealed[position] ^= flip));
+            assert_eq!(
+                cache.get("k").unwrap_err(),
+                Error::Integrity,
+                "byte {position}"
+            );
+            assert_eq!(get(&cache, "k"), None, "corrupt entry dropped");
+        }
+    }
+    assert_eq!(cache.stats().integrity_failures, 2 * probe_len as u64);
+    // `with` reports the same and never calls the closure.
+    cache.insert("k", &secret).unwrap();
+    testing::tamper(&cache, b"k", |sealed| sealed[10] ^= 1);
+    assert_eq!(
+        cache.with("k", |_| panic!("must not run")).unwrap_err(),
+        Error::Integrity
+    );
+}
+
+#[test]
+fn entries_swapped_between_keys_or_epochs_fail_integrity() {
+    let clock = ManualClock::new();
+    let cache = cache_with(&clock, 10);
+    cache.insert("alice", "alice-secret").unwrap();
+    cache.insert("bob", "bob-secret-00").unwrap();
+    assert!(testing::swap_sealed(&cache, b"alice", b"bob"));
+    assert_eq!(cache.get("alice").unwrap_err(), Error::Integrity);
+    assert_eq!(cache.get("bob").unwrap_err(), Error::Integrity);
+
+    // Same key name, entries sealed in different epochs.
+    cache.insert("old", "same-length-1").unwrap();
+    clock.advance(cache.epoch_length());
+    cache.insert("new", "same-length-2").unwrap();
+    assert!(testing::swap_sealed(&cache, b"old", b"new"));
+    assert_eq!(cache.get("old").unwrap_err(), Error::Integrity);
+    assert_eq!(cache.get("new").unwrap_err(), Error::Integrity);
+}
+
+#[test]
+fn sealing_binds_epoch_key_and_cache_key() {
+    let key = [7u8; 32];
+    let sealed = testing::seal(&key, 5, b"name", b"secret");
+    assert_eq!(testing::open(&key, 5, b"name", &sealed).unwrap(), b"secret");
+    assert!(
+        testing::open(&key, 6, b"name", &sealed).is_none(),
+        "other epoch"
+    );
+    assert!(
+        testing::open(&key, 5, b"nam", &sealed).is_none(),
+        "other cache key"
+    );
+    assert!(
+        testing::open(&[8u8; 32], 5, b"name", &sealed).is_none(),
+        "other key"
+    );
+    let again = testing::seal(&key, 5, b"name", b"secret");
+    assert_ne!(sealed, again, "fresh nonce per seal");
+}
+
+#[test]
+fn reaper_wipes_each_key_at_its_deadline_with_no_traffic() {
+    let clock = ManualClock::new();
+    let cache = cache_with(&clock, 100);
+    let epoch = cache.epoch_length();
+    assert_eq!(epoch, TTL / 4);
+    cache.insert("k", "v").unwrap(); // epoch 0, key deadline end(0) + ttl = 75 s
+    assert_eq!(testing::export_live_keys(&cache).len(), 1);
+    clock.advance(epoch); // t = 15 s: epoch 1
+    cache.insert("k2", "v").unwrap(); // deadline 90 s
+    let before = cache.stats();
+    assert_eq!((before.keys_created, before.keys_wiped), (2, 0));
+
+    clock.advance(Duration::from_secs(75) - epoch - Duration::from_nanos(1)); // 75 s - 1 ns
+    assert_eq!(cache.stats().keys_wiped, 0, "not before its deadline");
+    // No cache call between here and the assertions: advancing the clock
+    // only wakes the reaper thread, which does the wipe on its own.
+    clock.advance(Duration::from_nanos(1));
+    let after = cache.stats();
+    assert_eq!(after.keys_wiped, 1, "wiped at exactly end(e) + ttl");
+    assert_eq!(after.live_keys, 1);
+    assert_eq!(testing::export_live_keys(&cache).len(), 1);
+    assert_eq!(cache.len(), 1, "the entry sealed under it was dropped");
+    assert_eq!(after.expirations, 1);
+
+    clock.advance(Duration::from_secs(15));
+    let last = cache.stats();
+    assert_eq!((last.keys_wiped, last.live_keys), (2, 0));
+    assert!(testing::slab_is_zero(&cache));
+    assert!(cache.is_empty());
+    assert!(last.reaper_alive);
+}
+
+fn reaper_threads() -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .filter(|comm| comm.trim() == "sealcache-reape") // comm is cut at 15 bytes
+        .count()
+}
+
+fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").unwrap().count()
+}
+
+#[test]
+fn dropping_the_last_handle_joins_the_reaper_and_leaks_no_fd() {
+    // Serialise against other tests that create caches in parallel by
+    // comparing counts taken around our own cache only.
+    let fds_before = open_fds();
+    let clock = ManualClock::new();
+    let cache = cache_with(&clock, 10);
+    let clone = cache.clone();
+    cache.insert("k", "v").unwrap();
+    assert!(reaper_threads() >= 1);
+    let name_seen = std::fs::read_dir("/proc/self/task").unwrap().any(|t| {
+        std::fs::read_to_string(t.unwrap().path().join("comm"))
+            .map(|c| c.trim() == "sealcache-reape")
+            .unwrap_or(false)
+    });
+    assert!(name_seen, "reaper thread is named sealcache-reaper");
+    drop(cache);
+    assert!(clone.get("k").unwrap().is_some(), "clones share the cache");
+    drop(clone);
+    // The clock no longer reaches a reaper; advancing must not hang.
+    clock.advance(Duration::from_secs(3600));
+    let fds_after = open_fds();
+    assert!(
+        fds_after <= fds_before + 2,
+        "fds {fds_before} -> {fds_after}"
+    );
+}
+
+#[test]
+fn reaper_thread_is_joined_on_drop() {
+    // Run in a child process so no other test's cache is counted.
+    if std::env::var_os("SEALCACHE_JOIN_CHILD").is_some() {
+        let before = reaper_threads();
+        let cache = SealCache::builder().build().unwrap();
+        assert_eq!(reaper_threads(), before + 1);
+        drop(cache);
+        assert_eq!(reaper_threads(), before);
+        return;
+    }
+    let exe = std::env::current_exe().unwrap();
+    let status = std::process::Command::new(exe)
+        .args([
+            "--exact",
+            "reaper_thread_is_joined_on_drop",
+            "--test-threads=1",
+        ])
+        .env("SEALCACHE_JOIN_CHILD", "1")
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+#[test]
+fn debug_output_of_every_public_type_holds_no_secret_byte() {
+    let clock = ManualClock::new();
+    let cache = cache_with(&clock, 10);
+    let secret = "TOPSECRET-0123456789";
+    cache.insert("k", secret).unwrap();
+    let got = cache.get("k").unwrap().unwrap();
+    let keys = testing::export_live_keys(&cache);
+    let shown = format!(
+        "{cache:?} {got:?} {:?} {:?} {} {clock:?} {:?}",
+        cache.stats(),
+        cache.protections(),
+        cache.protections(),
+        SecretBytes::from(secret),
+    );
+    assert!(!shown.contains("TOPSECRET"), "{shown}");
+    assert!(!shown.contains(&format!("{:?}", secret.as_bytes())));
+    for key in keys {
+        let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
+        assert!(!shown.contains(&hex));
+        assert!(!shown.contains(&format!("{:?}", &key[..8])));
+    }
+    for err in [
+        Error::Integrity,
+        Error::Forked,
+        Error::Random,
+        Error::Reaper,
+    ] {
+        let text = format!("{err} {err:?}");
+        assert!(!text.contains("TOPSECRET"));
+    }
+}
+
+#[test]
+fn protections_are_all_verified_on_this_machine() {
+    let clock = ManualClock::new();
+    let cache = cache_with(&clock, 10);
+    let report = cache.protections();
+    assert!(report.missing().is_empty(), "{report}");
+    assert!(report.mlock && report.no_dump && report.guard_pages && report.canary);
+    assert!(report.fork_wipe);
+    // These machines run a kernel with memfd_secret: Auto must pick it.
+    assert!(report.memfd_secret, "{report}");
+    let anon = SealCache::builder()
+        .backend(Backend::LockedAnonymous)
+        .protection(Protection::Require)
+        .build()
+        .unwrap();
+    let anon_report = anon.protections();
+    assert!(!anon_report.memfd_secret);
+    assert!(anon_report.missing().is_empty(), "{anon_report}");
+    assert!(cache.locked_bytes() >= 32 * 6);
+}
+
+#[test]
+fn locked_memory_does_not_grow_with_entries() {
+    let clock = ManualClock::new();
+    let cache = cache_with(&clock, 20_000);
+    let locked = cache.locked_bytes();
+    for i in 0..20_000u32 {
+        cache.insert(&i.to_le_bytes(), &[1u8; 64]).unwrap();
+    }
+    assert_eq!(cache.locked_bytes(), locked);
+}
+
+#[test]
+fn too_long_keys_and_values_are_typed_errors() {
+    let clock = ManualClock::new();
+    let cache = cache_with(&clock, 10);
+    let long_key = vec![0u8; sealcache::MAX_KEY_LEN + 1];
+    assert!(matches!(
+        cache.insert(&long_key, "v"),
+        Err(Error::KeyTooLong { .. })
+    ));
+    let long_value = vec![0u8; sealcache::MAX_VALUE_LEN + 1];
+    assert!(matches!(
+        cache.insert("k", long_value.as_slice()),
+        Err(Error::ValueTooLong { .. })
+    ));
+}
+
+#[test]
+fn four_threads_of_mixed_operations_keep_stats_consistent() {
+    let clock = ManualClock::new();
+    let cache = cache_with(&clock, 500);
+    let threads: Vec<_> = (0..4u64)
+        .map(|t| {
+            let cache = cache.clone();
+            let clock = clock.clone();
+            thread::spawn(move || {
+                let mut state = 0x9E37_79B9_7F4A_7C15u64 ^ t;
+                let mut reads = 0u64;
+                for _ in 0..10_000 {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    let key = format!("key-{}", state % 1000);
+                    match state % 100 {
+                        0..=39 => {
+                            let value = format!("value-of-{key}");
+                            cache.insert(&key, value.as_str()).unwrap();
+                        }
+                        40..=79 => {
+                            reads += 1;
+                            if let Some(v) = cache.get(&key).unwrap() {
+                                assert_eq!(v.expose_secret(), format!("value-of-{key}").as_bytes());
+                            }
+                        }
+                        80..=89 => {
+                            reads += 1;
+                            cache
+                                .with(&key, |v| {
+                                    assert_eq!(v, format!("value-of-{key}").as_bytes())
+                                })
+                                .unwrap();
+                        }
+                        90..=95 => {
+                            cache.invalidate(&key);
+                        }
+                        96..=98 => clock.advance(Duration::from_secs(1)),
+                        _ => {
+                            if state % 1000 == 999 {
+                                cache.invalidate_all();
+                            }
+                        }
+                    }
+                }
+                reads
+            })
+        })
+        .collect();
+    let reads: u64 = threads.into_iter().map(|t| t.join().unwrap()).sum();
+    let stats = cache.stats();
+    assert_eq!(stats.hits + stats.misses, reads);
+    assert_eq!(stats.integrity_failures, 0);
+    assert!(cache.len() <= 500);
+    assert!(stats.keys_wiped <= stats.keys_created);
+    assert!(stats.live_keys <= stats.keys_created - stats.keys_wiped);
+    assert!(stats.reaper_alive);
+}
+
+#[test]
+fn from_env_reads_the_documented_variables() {
+    let builder = sealcache::Builder::from_env_with(|name| match name {
+        "SEALCACHE_TTL_SECS" => Some("120".into()),
+        "SEALCACHE_MAX_ENTRIES" => Some("5".into()),
+        _ => None,
+    })
+    .unwrap();
+    let cache = builder.build().unwrap();
+    assert_eq!(cache.ttl(), Duration::from_secs(120));
+    assert_eq!(cache.max_entries(), 5);
+    let err = sealcache::Builder::from_env_with(|name| {
+        (name == "SEALCACHE_MAX_ENTRIES").then(|| "lots".into())
+    })
+    .unwrap_err();
+    assert!(err.to_string().contains("SEALCACHE_MAX_ENTRIES"));
+    let _ = Arc::new(cache);
+}

@@ -1,0 +1,525 @@
+//! Read-through loading that protects the database: single flight, fenced
+//! invalidation, panics, errors, negative caching, refresh-ahead,
+//! stale-if-error, jitter, and the async path.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Barrier};
+use std::thread;
+use std::time::Duration;
+
+use sealcache::{ExposeSecret, LoadError, ManualClock, SealCache};
+
+const TTL: Duration = Duration::from_secs(60);
+
+#[derive(Debug, PartialEq, Eq)]
+struct DbError(&'static str);
+
+fn cache(clock: &ManualClock) -> SealCache {
+    SealCache::builder()
+        .ttl(TTL)
+        .clock(clock.clone())
+        .build()
+        .unwrap()
+}
+
+fn value(result: Result<Option<sealcache::SecretBytes>, LoadError<DbError>>) -> Option<Vec<u8>> {
+    result.unwrap().map(|s| s.expose_secret().to_vec())
+}
+
+/// Spins (yielding, never sleeping for ordering) until `cond` holds.
+fn wait_until(cond: impl Fn() -> bool) {
+    for _ in 0..50_000_000u64 {
+        if cond() {
+            return;
+        }
+        thread::yield_now();
+    }
+    panic!("condition never became true");
+}
+
+#[test]
+fn sixty_four_threads_missing_one_key_make_exactly_one_load_fifty_times() {
+    let clock = ManualClock::new();
+    let cache = cache(&clock);
+    for round in 0..50 {
+        let key = format!("hot-key-{round}");
+        let calls = Arc::new(AtomicUsize::new(0));
+        let start = Arc::new(Barrier::new(64));
+        let handles: Vec<_> = (0..64)
+            .map(|_| {
+                let (cache, calls, start, key) = (
+                    cache.clone(),
+                    Arc::clone(&calls),
+                    Arc::clone(&start),
+                    key.clone(),
+                );
+                thread::spawn(move || {
+                    start.wait();
+                    value(cache.get_or_try_load(&key, || {
+                        calls.fetch_add(1, Ordering::SeqCst);
+                        thread::sleep(Duration::from_millis(20));
+                        Ok::<_, DbError>(Some(format!("secret-{round}")))
+                    }))
+                })
+            })
+            .collect();
+        let results: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        assert_eq!(calls.load(Ordering::SeqCst), 1, "round {round}");
+        let expected = format!("secret-{round}").into_bytes();
+        assert!(results.iter().all(|r| r.as_deref() == Some(&expected[..])));
+    }
+    let stats = cache.stats();
+    assert_eq!(stats.loads, 50);
+    assert_eq!(stats.coalesced_waits + stats.hits + 50, 50 * 64);
+}
+
+#[test]
+fn a_hit_never_calls_the_loader() {
+    let clock = ManualClock::new();
+    let cache = cache(&clock);
+    cache.insert("k", "cached").unwrap();
+    let got = value(
+        cache.get_or_try_load("k", || -> Result<Option<&str>, DbError> {
+            panic!("loader must not run on a hit")
+        }),
+    );
+    assert_eq!(got.unwrap(), b"cached");
+}
+
+#[test]
+fn different_keys_load_in_parallel() {
+    let clock = ManualClock::new();
+    let cache = cache(&clock);
+    let (a_tx, a_rx) = mpsc::channel::<()>();
+    let (b_tx, b_rx) = mpsc::channel::<()>();
+    let c1 = cache.clone();
+    let t1 = thread::spawn(move || {
+        value(c1.get_or_try_load("a", || {
+            a_tx.send(()).unwrap();
+            b_rx.recv_timeout(Duration::from_secs(20))
+                .map_err(|_| DbError("serialised"))?;
+            Ok(Some("A"))
+        }))
+    });
+    let c2 = cache.clone();
+    let t2 = thread::spawn(move || {
+        value(c2.get_or_try_load("b", || {
+            a_rx.recv_timeout(Duration::from_secs(20))
+                .map_err(|_| DbError("serialised"))?;
+            b_tx.send(()).unwrap();
+            Ok(Some("B"))
+        }))
+    });
+    assert_eq!(t1.join().unwrap().unwrap(), b"A");
+    assert_eq!(t2.join().unwrap().unwrap(), b"B");
+}
+
+/// Starts a load of `key` whose loader blocks until released; returns the
+/// thread and the release handle once the loader is running.
+fn blocked_load(
+    cache: &SealCache,
+    key: &'static str,
+    loaded: &'static str,
+) -> (thread::JoinHandle<Option<Vec<u8>>>, Arc<Barrier>) {
+    let started = Arc::new(Barrier::new(2));
+    let release = Arc::new(Barrier::new(2));
+    let (c, s, r) = (cache.clone(), Arc::clone(&started), Arc::clone(&release));
+    let handle = thread::spawn(move || {
+        value(c.get_or_try_load(key, || {
+            s.wait();
+            r.wait();
+            Ok::<_, DbError>(Some(loaded))
+        }))
+    });
+    started.wait();
+    (handle, release)
+}
+
+#[test]
+fn invalidate_during_a_load_keeps_the_loaded_value_out_of_the_cache() {
+    let clock = ManualClock::new();
+    let cache = cache(&clock);
+    cache.insert("k", "old").unwrap();
+    cache.invalidate("k");
+    let (handle, release) = blocked_load(&cache, "k", "loaded-before-invalidate");
+    assert!(!cache.invalidate("k"));
+    release.wait();
+    assert_eq!(handle.join().unwrap().unwrap(), b"loaded-before-invalidate");
+    assert!(
+        cache.get("k").unwrap().is_none(),
+        "fenced load was not cached"
+    );
+    // The next load is cached again.
+    let again = value(cache.get_or_try_load("k", || Ok::<_, DbError>(Some("fresh"))));
+    assert_eq!(again.unwrap(), b"fresh");
+    assert_eq!(cache.get("k").unwrap().unwrap().expose_secret(), b"fresh");
+}
+
+#[test]
+fn invalidate_all_during_a_load_keeps_the_loaded_value_out_of_the_cache() {
+    let clock = ManualClock::new();
+    let cache = cache(&clock);
+    let (handle, release) = blocked_load(&cache, "k", "loaded-before-invalidate-all");
+    cache.invalidate_all();
+    release.wait();
+    assert_eq!(
+        handle.join().unwrap().unwrap(),
+        b"loaded-before-invalidate-all"
+    );
+    assert!(cache.get("k").unwrap().is_none());
+}
+
+#[test]
+fn insert_during_a_load_is_not_overwritten_by_the_older_load() {
+    let clock = ManualClock::new();
+    let cache = cache(&clock);
+    let (handle, release) = blocked_load(&cache, "k", "stale-from-db");
+    cache.insert("k", "newer-from-writer").unwrap();
+    release.wait();
+    assert_eq!(handle.join().unwrap().unwrap(), b"stale-from-db");
+    assert_eq!(
+        cache.get("k").unwrap().unwrap().expose_secret(),
+        b"newer-from-writer"
+    );
+}
+
+#[test]
+fn a_panicking_loader_panics_its_caller_only_and_waiters_get_loader_panicked() {
+    let clock = ManualClock::new();
+    let cache = cache(&clock);
+    const WAITERS: u64 = 8;
+    let c = cache.clone();
+    let leader = thread::spawn(move || {
+        catch_unwind(AssertUnwindSafe(|| {
+            let _ = c.get_or_try_load("k", || -> Result<Option<&str>, DbError> {
+                wait_until(|| c.stats().coalesced_waits == WAITERS);
+                panic!("loader exploded")
+            });
+        }))
+    });
+    wait_until(|| cache.stats().loads == 1);
+    let waiters: Vec<_> = (0..WAITERS)
+        .map(|_| {
+            let c = cache.clone();
+            thread::spawn(move || {
+                c.get_or_try_load("k", || -> Result<Option<&str>, DbError> {
+                    panic!("a waiter must not load")
+                })
+            })
+        })
+        .collect();
+    let panic = leader.join().unwrap().unwrap_err();
+    assert_eq!(panic.downcast_ref::<&str>(), Some(&"loader exploded"));
+    for waiter in waiters {
+        assert!(matches!(
+            waiter.join().unwrap(),
+            Err(LoadError::LoaderPanicked)
+        ));
+    }
+    // Not wedged: the next call loads again.
+    let next = value(cache.get_or_try_load("k", || Ok::<_, DbError>(Some("recovered"))));
+    assert_eq!(next.unwrap(), b"recovered");
+}
+
+#[test]
+fn a_loader_error_reaches_every_waiter_and_is_not_cached() {
+    let clock = ManualClock::new();
+    let cache = cache(&clock);
+    const WAITERS: u64 = 4;
+    let c = cache.clone();
+    let leader = thread::spawn(move || {
+        c.get_or_try_load("k", || -> Result<Option<&str>, DbError> {
+            wait_until(|| c.stats().coalesced_waits == WAITERS);
+            Err(DbError("db down"))
+        })
+    });
+    wait_until(|| cache.stats().loads == 1);
+    let waiters: Vec<_> = (0..WAITERS)
+        .map(|_| {
+            let c = cache.clone();
+            thread::spawn(move || {
+                c.get_or_try_load("k", || -> Result<Option<&str>, DbError> {
+                    panic!("a waiter must not load")
+                })
+            })
+        })
+        .collect();
+    for result in std::iter::once(leader.join().unwrap())
+        .chain(waiters.into_iter().map(|w| w.join().unwrap()))
+    {
+        match result {
+            Err(LoadError::Loader(err)) => assert_eq!(*err, DbError("db down")),
+            other => panic!("expected the loader's error, got {other:?}"),
+        }
+    }
+    assert_eq!(cache.stats().load_errors, 1);
+    let calls = AtomicUsize::new(0);
+    let next = value(cache.get_or_try_load("k", || {
+        calls.fetch_add(1, Ordering::SeqCst);
+        Ok::<_, DbError>(Some("ok"))
+    }));
+    assert_eq!(next.unwrap(), b"ok");
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "the error was not cached");
+}
+
+#[test]
+fn not_found_is_reloaded_each_time_without_negative_caching() {
+    let clock = ManualClock::new();
+    let cache = cache(&clock);
+    let calls = AtomicUsize::new(0);
+    for _ in 0..3 {
+        let got = value(cache.get_or_try_load("missing", || {
+            calls.fetch_add(1, Ordering::SeqCst);
+            Ok::<Option<&str>, DbError>(None)
+        }));
+        assert!(got.is_none());
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+}
+
+#[test]
+fn negative_caching_remembers_not_found_for_its_own_shorter_ttl() {
+    let clock = ManualClock::new();
+    let cache = SealCache::builder()
+        .ttl(TTL)
+        .negative_ttl(Duration::from_secs(5))
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    let calls = AtomicUsize::new(0);
+    let load = || {
+        value(cache.get_or_try_load("missing", || {
+            calls.fetch_add(1, Ordering::SeqCst);
+            Ok::<Option<&str>, DbError>(None)
+        }))
+    };
+    assert!(load().is_none());
+    clock.advance(Duration::from_secs(5) - Duration::from_nanos(1));
+    assert!(load().is_none());
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "served from the negative cache"
+    );
+    assert_eq!(cache.stats().negative_hits, 1);
+    assert!(cache.get("missing").unwrap().is_none());
+    clock.advance(Duration::from_nanos(1));
+    assert!(load().is_none());
+    assert_eq!(calls.load(Ordering::SeqCst), 2, "negative entry expired");
+    // Errors are never negatively cached.
+    let err = cache.get_or_try_load("flaky", || Err::<Option<&str>, _>(DbError("down")));
+    assert!(err.is_err());
+    let ok = value(cache.get_or_try_load("flaky", || Ok::<_, DbError>(Some("up"))));
+    assert_eq!(ok.unwrap(), b"up");
+    // An insert replaces a negative entry.
+    cache.insert("missing", "now-present").unwrap();
+    assert_eq!(
+        cache.get("missing").unwrap().unwrap().expose_secret(),
+        b"now-present"
+    );
+}
+
+#[test]
+fn refresh_ahead_reloads_once_while_everyone_else_gets_the_cached_value() {
+    let clock = ManualClock::new();
+    let cache = SealCache::builder()
+        .ttl(TTL)
+        .refresh_ahead(0.25)
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    let first = value(cache.get_or_try_load("k", || Ok::<_, DbError>(Some("v1"))));
+    assert_eq!(first.unwrap(), b"v1");
+    clock.advance(Duration::from_secs(44));
+    let outside = value(
+        cache.get_or_try_load("k", || -> Result<Option<&str>, DbError> {
+            panic!("no refresh before the window")
+        }),
+    );
+    assert_eq!(outside.unwrap(), b"v1");
+    clock.advance(Duration::from_secs(1)); // 45 s: the last quarter of the TTL
+    let (handle, release) = blocked_load(&cache, "k", "v2");
+    for _ in 0..10 {
+        let during = value(
+            cache.get_or_try_load("k", || -> Result<Option<&str>, DbError> {
+                panic!("only one refresh")
+            }),
+        );
+        assert_eq!(during.unwrap(), b"v1", "others keep the cached value");
+    }
+    release.wait();
+    assert_eq!(handle.join().unwrap().unwrap(), b"v2");
+    assert_eq!(cache.get("k").unwrap().unwrap().expose_secret(), b"v2");
+    let stats = cache.stats();
+    assert_eq!((stats.refreshes, stats.loads), (1, 2));
+    // The refreshed entry lives a full TTL from its reload.
+    clock.advance(TTL - Duration::from_nanos(1));
+    assert!(cache.get("k").unwrap().is_some());
+}
+
+#[test]
+fn a_failed_refresh_keeps_serving_the_still_valid_value() {
+    let clock = ManualClock::new();
+    let cache = SealCache::builder()
+        .ttl(TTL)
+        .refresh_ahead(0.5)
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    value(cache.get_or_try_load("k", || Ok::<_, DbError>(Some("v1"))));
+    clock.advance(Duration::from_secs(31));
+    let got = value(cache.get_or_try_load("k", || Err::<Option<&str>, _>(DbError("down"))));
+    assert_eq!(got.unwrap(), b"v1");
+    assert_eq!(cache.stats().load_errors, 1);
+    assert_eq!(
+        cache.stats().stale_served,
+        0,
+        "not stale: still within its TTL"
+    );
+}
+
+#[test]
+fn stale_if_error_is_capped_exactly_at_max_stale() {
+    let clock = ManualClock::new();
+    let cache = SealCache::builder()
+        .ttl(TTL)
+        .max_stale(Duration::from_secs(10))
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    value(cache.get_or_try_load("k", || Ok::<_, DbError>(Some("v1"))));
+    let failing = || cache.get_or_try_load("k", || Err::<Option<&str>, _>(DbError("down")));
+    clock.advance(TTL); // expired
+    assert!(
+        cache.get("k").unwrap().is_none(),
+        "plain get never serves stale"
+    );
+    assert_eq!(value(failing()).unwrap(), b"v1");
+    clock.advance(Duration::from_secs(10) - Duration::from_nanos(1));
+    assert_eq!(value(failing()).unwrap(), b"v1", "just inside max_stale");
+    clock.advance(Duration::from_nanos(1));
+    assert!(
+        matches!(failing(), Err(LoadError::Loader(_))),
+        "never past max_stale"
+    );
+    assert_eq!(cache.stats().stale_served, 2);
+    // A successful reload replaces the stale value.
+    let fresh = value(cache.get_or_try_load("k", || Ok::<_, DbError>(Some("v2"))));
+    assert_eq!(fresh.unwrap(), b"v2");
+}
+
+#[test]
+fn ttl_jitter_spreads_expiries_but_never_lengthens_them() {
+    let clock = ManualClock::new();
+    let cache = SealCache::builder()
+        .ttl(TTL)
+        .ttl_jitter(0.5)
+        .max_entries(1000)
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    for i in 0..200 {
+        cache.insert(&format!("k{i}"), "v").unwrap();
+    }
+    let live = |cache: &SealCache| {
+        (0..200)
+            .filter(|i| cache.get(&format!("k{i}")).unwrap().is_some())
+            .count()
+    };
+    clock.advance(Duration::from_secs(30) - Duration::from_nanos(1));
+    assert_eq!(live(&cache), 200, "jitter shortens by at most half");
+    clock.advance(Duration::from_secs(15));
+    let mid = live(&cache);
+    assert!(
+        mid > 20 && mid < 180,
+        "expiries are spread: {mid} live at 45 s"
+    );
+    clock.advance(Duration::from_secs(15));
+    assert_eq!(live(&cache), 0, "nothing outlives the TTL");
+}
+
+#[cfg(feature = "async")]
+#[test]
+fn async_path_makes_exactly_one_load_for_sixty_four_tasks() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let clock = ManualClock::new();
+    let cache = cache(&clock);
+    let calls = Arc::new(AtomicUsize::new(0));
+    let results = runtime.block_on(async {
+        let start = Arc::new(tokio::sync::Barrier::new(64));
+        let tasks: Vec<_> = (0..64)
+            .map(|_| {
+                let (cache, calls, start) = (cache.clone(), Arc::clone(&calls), Arc::clone(&start));
+                tokio::spawn(async move {
+                    start.wait().await;
+                    cache
+                        .get_or_try_load_async("async-key", async {
+                            calls.fetch_add(1, Ordering::SeqCst);
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                            Ok::<_, DbError>(Some("from-db"))
+                        })
+                        .await
+                        .unwrap()
+                        .map(|s| s.expose_secret().to_vec())
+                })
+            })
+            .collect();
+        let mut out = Vec::new();
+        for task in tasks {
+            out.push(task.await.unwrap());
+        }
+        out
+    });
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    assert!(
+        results
+            .iter()
+            .all(|r| r.as_deref() == Some(&b"from-db"[..]))
+    );
+}
+
+#[cfg(feature = "async")]
+#[test]
+fn a_cancelled_async_leader_hands_the_load_to_a_waiter() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let clock = ManualClock::new();
+    let cache = cache(&clock);
+    runtime.block_on(async {
+        let leader_cache = cache.clone();
+        let leader = tokio::spawn(async move {
+            leader_cache
+                .get_or_try_load_async("k", async {
+                    std::future::pending::<()>().await;
+                    Ok::<Option<&str>, DbError>(None)
+                })
+                .await
+        });
+        while cache.stats().loads == 0 {
+            tokio::task::yield_now().await;
+        }
+        let waiter_cache = cache.clone();
+        let waiter = tokio::spawn(async move {
+            waiter_cache
+                .get_or_try_load_async("k", async { Ok::<_, DbError>(Some("second")) })
+                .await
+                .unwrap()
+                .map(|s| s.expose_secret().to_vec())
+        });
+        while cache.stats().coalesced_waits == 0 {
+            tokio::task::yield_now().await;
+        }
+        leader.abort();
+        assert!(leader.await.is_err());
+        assert_eq!(waiter.await.unwrap().unwrap(), b"second");
+    });
+}
