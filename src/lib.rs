@@ -75,6 +75,7 @@ mod config;
 mod error;
 mod keyring;
 mod loader;
+pub mod manual;
 #[allow(unsafe_code)]
 mod memory;
 mod reaper;

@@ -51,6 +51,9 @@ pub(crate) struct Reaper {
     tx: Sender<Message>,
     thread: Option<JoinHandle<()>>,
     alive: Arc<AtomicBool>,
+    /// The process that started the thread: a forked child has no reaper
+    /// thread, so it must never wait for one.
+    pid: u32,
 }
 
 impl std::fmt::Debug for Reaper {
@@ -82,11 +85,13 @@ impl Reaper {
             return Err(std::io::Error::other("reaper thread ended at start"));
         }
         let waker_tx = tx.clone();
-        clock.register_waker(Box::new(move || sync(&waker_tx)));
+        let pid = std::process::id();
+        clock.register_waker(Box::new(move || std::process::id() == pid && sync(&waker_tx)));
         Ok(Self {
             tx,
             thread: Some(thread),
             alive,
+            pid,
         })
     }
 
@@ -95,9 +100,10 @@ impl Reaper {
         self.tx.send(Message::Schedule { key_id, deadline }).is_ok()
     }
 
-    /// Waits until the thread has wiped every key due now.
+    /// Waits until the thread has wiped every key due now; false at once in
+    /// a forked child (which has no reaper thread) or if it has stopped.
     pub(crate) fn sync(&self) -> bool {
-        sync(&self.tx)
+        std::process::id() == self.pid && sync(&self.tx)
     }
 
     /// Drops `garbage` on the reaper thread (or here if it has stopped).
@@ -109,9 +115,9 @@ impl Reaper {
         }
     }
 
-    /// Whether the thread is running.
+    /// Whether the thread is running (never in a forked child).
     pub(crate) fn is_alive(&self) -> bool {
-        self.alive.load(Ordering::Acquire)
+        std::process::id() == self.pid && self.alive.load(Ordering::Acquire)
     }
 
     /// Stops the thread and waits for it. In a forked child the thread does

@@ -2,6 +2,7 @@
 //! invalidation, integrity, the reaper, drop, Debug redaction, and a
 //! multi-threaded run with consistent stats.
 #![cfg(feature = "test-hooks")]
+#![allow(unsafe_code)]
 
 use std::sync::Arc;
 use std::thread;
@@ -294,26 +295,16 @@ fn dropping_the_last_handle_joins_the_reaper_and_leaks_no_fd() {
 
 #[test]
 fn reaper_thread_is_joined_on_drop() {
-    // Run in a child process so no other test's cache is counted.
-    if std::env::var_os("SEALCACHE_JOIN_CHILD").is_some() {
-        let before = reaper_threads();
-        let cache = SealCache::builder().build().unwrap();
-        assert_eq!(reaper_threads(), before + 1);
-        drop(cache);
-        assert_eq!(reaper_threads(), before);
+    // Counted in a child process so that no other test's cache is counted.
+    if std::env::var("SEALCACHE_CHILD_ROLE").as_deref() != Ok("join") {
+        run_child("reaper_thread_is_joined_on_drop", "join", Duration::from_secs(60));
         return;
     }
-    let exe = std::env::current_exe().unwrap();
-    let status = std::process::Command::new(exe)
-        .args([
-            "--exact",
-            "reaper_thread_is_joined_on_drop",
-            "--test-threads=1",
-        ])
-        .env("SEALCACHE_JOIN_CHILD", "1")
-        .status()
-        .unwrap();
-    assert!(status.success());
+    let before = reaper_threads();
+    let cache = SealCache::builder().build().unwrap();
+    assert_eq!(reaper_threads(), before + 1);
+    drop(cache);
+    assert_eq!(reaper_threads(), before);
 }
 
 #[test]
@@ -474,4 +465,64 @@ fn from_env_reads_the_documented_variables() {
     .unwrap_err();
     assert!(err.to_string().contains("SEALCACHE_MAX_ENTRIES"));
     let _ = Arc::new(cache);
+}
+
+/// Runs this test binary again as a child with `role` set, and fails if it
+/// fails or takes longer than `limit`.
+fn run_child(test: &str, role: &str, limit: Duration) {
+    let exe = std::env::current_exe().unwrap();
+    let mut child = std::process::Command::new(exe)
+        .args(["--exact", test, "--test-threads=1", "--nocapture"])
+        .env("SEALCACHE_CHILD_ROLE", role)
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(status.success(), "child {role} failed: {status}");
+            return;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("child {role} hung");
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn a_forked_child_refuses_to_serve_and_never_waits_for_a_reaper() {
+    if std::env::var("SEALCACHE_CHILD_ROLE").as_deref() != Ok("fork") {
+        run_child(
+            "a_forked_child_refuses_to_serve_and_never_waits_for_a_reaper",
+            "fork",
+            Duration::from_secs(60),
+        );
+        return;
+    }
+    let clock = ManualClock::new();
+    let cache = cache_with(&clock, 10);
+    cache.insert("k", "parent-value").unwrap();
+    // SAFETY: fork in a process whose only other thread is the idle reaper;
+    // the child only uses the cache (whose locks are free) and exits.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork failed");
+    if pid == 0 {
+        let refused = matches!(cache.get("k"), Err(Error::Forked))
+            && matches!(cache.with("k", |_| ()), Err(Error::Forked))
+            && matches!(cache.insert("k", "child"), Err(Error::Forked));
+        let no_reaper = !cache.sync_reaper() && !cache.stats().reaper_alive;
+        clock.advance(Duration::from_secs(3600)); // must not wait for a reaper
+        drop(cache); // must not join a thread that does not exist here
+        // SAFETY: _exit ends the child without running the parent's atexit
+        // handlers or flushing its stdio buffers twice.
+        unsafe { libc::_exit(if refused && no_reaper { 0 } else { 1 }) };
+    }
+    let mut status = 0;
+    // SAFETY: waiting for the child we just created.
+    let waited = unsafe { libc::waitpid(pid, &mut status, 0) };
+    assert_eq!(waited, pid);
+    assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "status {status:#x}");
+    assert_eq!(get(&cache, "k").unwrap(), b"parent-value", "parent unaffected");
+    assert!(cache.stats().reaper_alive);
 }

@@ -1,0 +1,94 @@
+//! The design rationale: why sealcache is built the way it is. Nothing here
+//! is API; item docs stay short and point here instead.
+//!
+//! # Why epochs, and why TTL/4
+//!
+//! A per-entry key would make expiry a per-entry wipe and put one locked key
+//! per entry into a resource the kernel rations (`RLIMIT_MEMLOCK`). A single
+//! key would make expiry meaningless: any old ciphertext stays decryptable
+//! while the key lives. Epochs sit between: all entries sealed during one
+//! epoch of length R share its key, which is wiped at `end(e) + TTL`, the
+//! moment the last of them has expired. A copy of an expired entry's
+//! ciphertext (in freed heap, in swap, in a core file) therefore becomes
+//! undecryptable at most R after the entry expired.
+//!
+//! R trades that window against the number of live keys, `TTL/R + 2` at
+//! most: R = TTL/4 keeps six 32-byte keys live and the window at a quarter of
+//! the TTL. The accepted range TTL/64 ..= TTL bounds the slab to one page.
+//!
+//! # Why one slab
+//!
+//! Locked memory is rationed per process; `memfd_secret` charges 16 KiB of
+//! it per allocation, and memsec spends four pages (guard pages, header)
+//! per allocation. One slab sized for every key that can be live at once
+//! costs one data page, does not grow with the number of entries, and lets a
+//! single `wipe` crypto-erase the whole cache (`invalidate_all`).
+//!
+//! Keys are addressed by a monotonically increasing id in slot
+//! `id % slots`. The slab has at least `key_life / R + 2` slots, so a slot is
+//! only reused after its previous key's deadline; key creation also wipes
+//! any key whose deadline has passed, so a stalled reaper cannot let keys
+//! outlive their deadline by more than one epoch.
+//!
+//! # Why a reaper thread
+//!
+//! Lazy expiry (checking on access) keeps expired keys in memory for as long
+//! as nobody asks: the peer this crate generalises was found with its
+//! "deleted" keys still in memory dumps. The reaper sleeps until the
+//! earliest deadline (re-reading the clock at least every second, so a
+//! resume from suspend is noticed) and wipes with no traffic at all.
+//! [`ManualClock`](crate::ManualClock) wakes it synchronously, which makes
+//! the reaper deterministic in tests.
+//!
+//! # Why `CLOCK_BOOTTIME`
+//!
+//! `CLOCK_MONOTONIC` stops while the machine is suspended: an entry cached
+//! before a night's sleep would be served in the morning as if minutes had
+//! passed. `CLOCK_BOOTTIME` keeps counting.
+//!
+//! # Why the ring fast path
+//!
+//! chacha20poly1305 0.11's AVX2 Poly1305 helpers are not inlined, so a
+//! dependent crate's default build opens a 64-byte entry about four times
+//! slower than the soft backend, and a library cannot set the cfg that would
+//! fix it for its dependents. The default path computes the
+//! draft-irtf-cfrg-xchacha construction itself: an HChaCha20 subkey (from the
+//! `chacha20` crate) and ring's ChaCha20-Poly1305 under the remaining nonce
+//! bytes. Known-answer tests pin both paths to the draft's vectors and a
+//! property test proves them byte-identical on arbitrary inputs; the
+//! chacha20poly1305 implementation stays in the crate as the reference.
+//!
+//! # Why an exact global LRU
+//!
+//! Sharding keeps two threads on two keys from sharing a lock, but a
+//! per-shard LRU would evict by shard, not by age. Each access takes a
+//! global tick and each shard publishes the tick of its least recently used
+//! entry; eviction removes the globally oldest. The model-based property
+//! tests and the `cache_ops` fuzz target hold the cache to that exact model.
+//!
+//! # Why fencing
+//!
+//! An invalidation that runs while a load is in flight must win: otherwise
+//! the load stores the value the invalidation meant to remove (the peer
+//! cleared its cache before the database commit, so a concurrent reader put
+//! the old row back for a whole TTL). `invalidate`, `insert` and
+//! `invalidate_all` mark overlapping flights under the same lock the flight
+//! stores its value under, so either the store happens first and is then
+//! removed, or it does not happen.
+//!
+//! # Fork
+//!
+//! A child created by `fork` inherits the parent's memory. The key slab is
+//! `MADV_WIPEONFORK` (anonymous) or `MADV_DONTFORK` (memfd_secret), so the
+//! child sees zeros or no mapping; a separate `MADV_WIPEONFORK` sentinel page
+//! tells the cache it is in a child, where it refuses to seal or open
+//! ([`Error::Forked`](crate::Error::Forked)) rather than use zeroed keys.
+//!
+//! # What is exact and what is best effort
+//!
+//! Exact: expiry at `t + ttl`, the LRU bound, single flight, fencing, key
+//! deadlines as computed. Bounded but not instant: the reaper's wipe after a
+//! deadline (thread scheduling, at most one second of sleep granularity).
+//! Best effort: anything the platform refuses, which
+//! [`SealCache::protections`](crate::SealCache::protections) reports and
+//! [`Protection::Require`](crate::Protection::Require) turns into an error.
