@@ -2,7 +2,7 @@
 //! together and applies the protection policy.
 
 use std::fmt;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -77,7 +77,8 @@ pub(crate) struct Core {
     pub(crate) load_counters: LoadCounters,
     protections: Protections,
     scratch: Mutex<Vec<LockedBuf>>,
-    scratch_unlocked: AtomicBool,
+    /// Protections a scratch buffer for `with` could not get (BestEffort).
+    scratch_missing: Mutex<Vec<ProtectionFailure>>,
     jitter: std::hash::RandomState,
     jitter_counter: std::sync::atomic::AtomicU64,
 }
@@ -178,7 +179,7 @@ impl SealCache {
             jitter_counter: std::sync::atomic::AtomicU64::new(0),
             protections,
             scratch: Mutex::new(Vec::new()),
-            scratch_unlocked: AtomicBool::new(false),
+            scratch_missing: Mutex::new(Vec::new()),
             settings,
         });
         let reaper = Reaper::start(Arc::clone(&core.settings.clock), Arc::clone(&core))
@@ -378,25 +379,25 @@ impl SealCache {
                 match opened {
                     Ok(Some(Ok(()))) => Ok(Some((buf, len))),
                     Ok(None) => {
-                        self.return_scratch(buf);
+                        self.return_scratch(buf, len);
                         Ok(None)
                     }
                     Ok(Some(Err(err))) | Err(err) => {
-                        self.return_scratch(buf);
+                        self.return_scratch(buf, len);
                         Err(err)
                     }
                 }
             })?;
         let (mut buf, len) = match read {
             Read::Hit(opened, _) => opened,
-            Read::Stale((buf, _)) => {
-                self.return_scratch(buf);
+            Read::Stale((buf, len)) => {
+                self.return_scratch(buf, len);
                 return Ok(None);
             }
             Read::Negative | Read::Miss => return Ok(None),
         };
         let result = f(buf.slice_mut(len));
-        self.return_scratch(buf);
+        self.return_scratch(buf, len);
         Ok(Some(result))
     }
 
@@ -408,22 +409,31 @@ impl SealCache {
                 return Ok(pool.swap_remove(pos));
             }
         }
+        // Page-sized (less the allocator's canary) so the data ends at the
+        // trailing guard page.
         let capacity = (len + 16).div_ceil(4096) * 4096 - 16;
-        let (buf, locked) = LockedBuf::new(capacity.max(SCRATCH_MIN)).map_err(Error::Protection)?;
-        if !locked {
+        let (buf, missing) =
+            LockedBuf::new(capacity.max(SCRATCH_MIN)).map_err(Error::Protection)?;
+        if let Some(failure) = missing.first() {
             if core.settings.protection == Protection::Require {
-                return Err(Error::Protection(ProtectionFailure {
-                    kind: ProtectionKind::Mlock,
-                    errno: None,
-                }));
+                return Err(Error::Protection(*failure));
             }
-            core.scratch_unlocked.store(true, Ordering::Relaxed);
+            let mut degraded = core
+                .scratch_missing
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            for failure in missing {
+                if !degraded.iter().any(|seen| seen.kind == failure.kind) {
+                    degraded.push(failure);
+                }
+            }
         }
         Ok(buf)
     }
 
-    fn return_scratch(&self, mut buf: LockedBuf) {
-        buf.wipe();
+    /// Wipes the first `used` bytes of `buf` and keeps it for reuse.
+    fn return_scratch(&self, mut buf: LockedBuf, used: usize) {
+        buf.wipe_prefix(used);
         let mut pool = self
             .core()
             .scratch
@@ -492,14 +502,25 @@ impl SealCache {
     }
 
     /// Which memory protections are active, each verified by the result of
-    /// its own system call when the key slab was allocated (and `mlock`
-    /// turned off here if a scratch buffer for [`with`](Self::with) could
-    /// not be locked under [`Protection::BestEffort`]).
+    /// its own system call when the key slab was allocated. Under
+    /// [`Protection::BestEffort`], a protection that a scratch buffer for
+    /// [`with`](Self::with) could not get is reported off here too.
     pub fn protections(&self) -> Protections {
         let core = self.core();
         let mut report = core.protections.clone();
-        if core.scratch_unlocked.load(Ordering::Relaxed) {
-            report.mlock = false;
+        let degraded = core
+            .scratch_missing
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        for failure in degraded.iter() {
+            match failure.kind {
+                ProtectionKind::Mlock => report.mlock = false,
+                ProtectionKind::NoDump => report.no_dump = false,
+                ProtectionKind::GuardPages => report.guard_pages = false,
+                ProtectionKind::ForkWipe => report.fork_wipe = false,
+                _ => {}
+            }
+            report.failures.push(*failure);
         }
         report
     }

@@ -4,7 +4,7 @@
 use core::fmt;
 
 use super::anon::AnonRegion;
-use super::report::ProtectionFailure;
+use super::report::{ProtectionFailure, ProtectionKind};
 
 /// `capacity` bytes of locked, no-dump, wipe-on-fork memory between guard
 /// pages. Wiped when dropped.
@@ -18,17 +18,38 @@ pub(crate) struct LockedBuf {
 unsafe impl Send for LockedBuf {}
 
 impl LockedBuf {
-    /// Allocates `capacity` zeroed bytes. The `bool` is whether `mlock` was
-    /// verified.
+    /// Allocates `capacity` zeroed bytes. Also returns each baseline
+    /// protection that could not be verified (mlock, no-dump, guard pages,
+    /// wipe-on-fork), with its `errno` where one was reported; empty when the
+    /// buffer is fully protected.
     ///
     /// # Errors
     ///
     /// [`ProtectionKind::Allocation`](super::ProtectionKind::Allocation)
     /// when no memory could be had.
-    pub(crate) fn new(capacity: usize) -> Result<(Self, bool), ProtectionFailure> {
+    pub(crate) fn new(
+        capacity: usize,
+    ) -> Result<(Self, Vec<ProtectionFailure>), ProtectionFailure> {
         let mut failures = Vec::new();
         let (region, got) = AnonRegion::allocate(capacity, &mut failures)?;
-        Ok((Self { region }, got.mlock))
+        let mut missing = Vec::new();
+        for (kind, active) in [
+            (ProtectionKind::Mlock, got.mlock),
+            (ProtectionKind::NoDump, got.no_dump),
+            (ProtectionKind::GuardPages, got.guard_pages),
+            (ProtectionKind::ForkWipe, got.fork_wipe),
+        ] {
+            if !active {
+                missing.push(
+                    failures
+                        .iter()
+                        .find(|failure: &&ProtectionFailure| failure.kind == kind)
+                        .cloned()
+                        .unwrap_or(ProtectionFailure { kind, errno: None }),
+                );
+            }
+        }
+        Ok((Self { region }, missing))
     }
 
     /// Usable bytes.
@@ -46,8 +67,15 @@ impl LockedBuf {
     }
 
     /// Zeroes every byte (volatile writes).
+    #[cfg(test)]
     pub(crate) fn wipe(&mut self) {
         self.region.wipe();
+    }
+
+    /// Zeroes the first `len` bytes (volatile writes): what a use of the
+    /// buffer wrote, without paying for the whole capacity each time.
+    pub(crate) fn wipe_prefix(&mut self, len: usize) {
+        zeroize::Zeroize::zeroize(self.slice_mut(len));
     }
 }
 
