@@ -15,10 +15,10 @@ use crate::memory::{LockedBuf, ProtectionFailure, ProtectionKind, Protections};
 use crate::reaper::{Reaper, Wipe};
 use crate::seal;
 use crate::secret::{CacheKey, SecretBytes, SecretValue};
-use crate::store::{Read, Store, Tally};
+use crate::store::{EntryBuf, Read, Store, Tally};
 
-/// Longest accepted cache key, in bytes (64 KiB).
-pub const MAX_KEY_LEN: usize = 64 * 1024;
+/// Longest accepted cache key, in bytes (64 KiB − 1).
+pub const MAX_KEY_LEN: usize = u16::MAX as usize;
 /// Longest accepted secret, in bytes (16 MiB).
 pub const MAX_VALUE_LEN: usize = 16 * 1024 * 1024;
 
@@ -275,11 +275,12 @@ impl SealCache {
             len: plaintext.len(),
         })?;
         let (stripe, _) = core.store.locate(key);
-        let mut data = vec![0u8; key.len() + sealed_len].into_boxed_slice();
-        data[..key.len()].copy_from_slice(key);
+        let mut entry =
+            EntryBuf::new(key, sealed_len).ok_or(Error::KeyTooLong { len: key.len() })?;
         let (sealed, key_id, new_key) =
             core.keyring.with_current(stripe, now, |epoch, epoch_key| {
-                seal::seal_into(epoch_key, epoch, key, plaintext, &mut data[key.len()..])
+                let (key, out) = entry.key_and_sealed_mut();
+                seal::seal_into(epoch_key, epoch, key, plaintext, out)
             })?;
         if let Some(new_key) = new_key
             && !self
@@ -292,7 +293,7 @@ impl SealCache {
         }
         sealed.map_err(|_| Error::Random)?;
         let expires = self.expiry(key, now);
-        core.store.insert(data, key.len(), expires, key_id, now);
+        core.store.insert(entry, expires, key_id, now);
         Ok(())
     }
 

@@ -48,12 +48,65 @@ impl Counters {
     }
 }
 
-/// One cached entry: the cache key followed by its sealed bytes, in one
-/// allocation.
+/// The bytes of one entry in a single allocation: the key's length
+/// (`u16`, little-endian), the key, then the sealed value.
+#[derive(Debug, Default)]
+pub(crate) struct EntryBuf(Box<[u8]>);
+
+/// Bytes of the key-length header of an [`EntryBuf`].
+const KEY_LEN_BYTES: usize = 2;
+
+impl EntryBuf {
+    /// A buffer for `key` and `sealed_len` zeroed bytes of sealed value;
+    /// `None` if the key is longer than `u16::MAX` bytes.
+    pub(crate) fn new(key: &[u8], sealed_len: usize) -> Option<Self> {
+        let key_len = u16::try_from(key.len()).ok()?;
+        let total = KEY_LEN_BYTES
+            .checked_add(key.len())?
+            .checked_add(sealed_len)?;
+        let mut data = vec![0u8; total].into_boxed_slice();
+        data[..KEY_LEN_BYTES].copy_from_slice(&key_len.to_le_bytes());
+        data[KEY_LEN_BYTES..KEY_LEN_BYTES + key.len()].copy_from_slice(key);
+        Some(Self(data))
+    }
+
+    fn key_end(&self) -> usize {
+        match self.0.first_chunk::<KEY_LEN_BYTES>() {
+            Some(len) => KEY_LEN_BYTES + usize::from(u16::from_le_bytes(*len)),
+            None => 0,
+        }
+    }
+
+    /// The cache key.
+    pub(crate) fn key(&self) -> &[u8] {
+        self.0
+            .get(KEY_LEN_BYTES..self.key_end())
+            .unwrap_or_default()
+    }
+
+    /// The sealed value.
+    pub(crate) fn sealed(&self) -> &[u8] {
+        self.0.get(self.key_end()..).unwrap_or_default()
+    }
+
+    /// The sealed value, for sealing into.
+    pub(crate) fn sealed_mut(&mut self) -> &mut [u8] {
+        let start = self.key_end();
+        self.0.get_mut(start..).unwrap_or_default()
+    }
+
+    /// The cache key and the sealed value, for sealing into.
+    pub(crate) fn key_and_sealed_mut(&mut self) -> (&[u8], &mut [u8]) {
+        let end = self.key_end();
+        let (head, sealed) = self.0.split_at_mut(end.min(self.0.len()));
+        (head.get(KEY_LEN_BYTES..).unwrap_or_default(), sealed)
+    }
+}
+
+/// One cached entry and its place in the recency list. 48 bytes.
 #[derive(Debug)]
 struct Node {
-    data: Box<[u8]>,
-    key_len: u32,
+    entry: EntryBuf,
     prev: u32,
     next: u32,
     tick: u64,
@@ -63,10 +116,10 @@ struct Node {
 
 impl Node {
     fn key(&self) -> &[u8] {
-        &self.data[..self.key_len as usize]
+        self.entry.key()
     }
     fn sealed(&self) -> &[u8] {
-        &self.data[self.key_len as usize..]
+        self.entry.sealed()
     }
 }
 
@@ -142,8 +195,7 @@ impl Shard {
             entry.remove();
         }
         let node = &mut self.nodes[i as usize];
-        node.data = Box::default();
-        node.key_len = 0;
+        node.entry = EntryBuf::default();
         node.key_id = FREE;
         self.free.push(i);
     }
@@ -156,6 +208,11 @@ impl Shard {
                 i
             }
             None => {
+                // Grow by an eighth, not by doubling: node slots are most of
+                // the per-entry memory after the entry itself.
+                if self.nodes.len() == self.nodes.capacity() {
+                    self.nodes.reserve_exact(self.nodes.len() / 8 + 4);
+                }
                 self.nodes.push(node);
                 u32::try_from(self.nodes.len() - 1).unwrap_or(NIL)
             }
@@ -381,34 +438,25 @@ impl Store {
         }
     }
 
-    /// Stores `data` (the key's bytes followed by the sealed entry) as the
-    /// most recently used entry, replacing any entry under the same key, then
-    /// evicts least recently used entries beyond the bound.
-    pub(crate) fn insert(
-        &self,
-        data: Box<[u8]>,
-        key_len: usize,
-        expires: u64,
-        key_id: u64,
-        now: u64,
-    ) {
-        let key_len32 = u32::try_from(key_len).unwrap_or(u32::MAX);
-        let (s, hash) = self.locate(&data[..key_len]);
+    /// Stores `entry` as the most recently used entry, replacing any entry
+    /// under the same key, then evicts least recently used entries beyond
+    /// the bound.
+    pub(crate) fn insert(&self, entry: EntryBuf, expires: u64, key_id: u64, now: u64) {
+        let (s, hash) = self.locate(entry.key());
         {
             let mut shard = self.lock(s);
             let tick = self.next_tick();
-            match shard.find(hash, &data[..key_len]) {
+            match shard.find(hash, entry.key()) {
                 Some(i) => {
                     let node = &mut shard.nodes[i as usize];
-                    node.data = data;
+                    node.entry = entry;
                     node.expires = expires;
                     node.key_id = key_id;
                     shard.touch(i, tick);
                 }
                 None => {
                     let node = Node {
-                        data,
-                        key_len: key_len32,
+                        entry,
                         prev: NIL,
                         next: NIL,
                         tick,
@@ -427,7 +475,9 @@ impl Store {
 
     /// Stores a cached "not found" for `key` until `expires`.
     pub(crate) fn insert_negative(&self, key: &[u8], expires: u64, now: u64) {
-        self.insert(Box::from(key), key.len(), expires, NEGATIVE, now);
+        if let Some(entry) = EntryBuf::new(key, 0) {
+            self.insert(entry, expires, NEGATIVE, now);
+        }
     }
 
     /// Evicts globally least recently used entries until the bound holds.
@@ -542,7 +592,7 @@ impl Store {
                 shard.nodes.capacity() * std::mem::size_of::<Node>()
                     + shard.table.capacity() * (std::mem::size_of::<u32>() + 1)
                     + shard.free.capacity() * std::mem::size_of::<u32>()
-                    + shard.nodes.iter().map(|n| n.data.len()).sum::<usize>()
+                    + shard.nodes.iter().map(|n| n.entry.0.len()).sum::<usize>()
             })
             .sum()
     }
@@ -555,9 +605,7 @@ impl Store {
         let Some(i) = shard.find(hash, key) else {
             return false;
         };
-        let node = &mut shard.nodes[i as usize];
-        let key_len = node.key_len as usize;
-        f(&mut node.data[key_len..]);
+        f(shard.nodes[i as usize].entry.sealed_mut());
         true
     }
 
@@ -574,11 +622,12 @@ impl Store {
         let put = |key: &[u8], sealed: &[u8], key_id: u64| {
             let (s, hash) = self.locate(key);
             let mut shard = self.lock(s);
-            if let Some(i) = shard.find(hash, key) {
+            if let Some(i) = shard.find(hash, key)
+                && let Some(mut entry) = EntryBuf::new(key, sealed.len())
+            {
+                entry.sealed_mut().copy_from_slice(sealed);
                 let node = &mut shard.nodes[i as usize];
-                let mut data = node.key().to_vec();
-                data.extend_from_slice(sealed);
-                node.data = data.into_boxed_slice();
+                node.entry = entry;
                 node.key_id = key_id;
             }
         };
@@ -595,8 +644,10 @@ impl Store {
 mod tests {
     use super::*;
 
-    fn data(key: &[u8], sealed: &[u8]) -> Box<[u8]> {
-        [key, sealed].concat().into_boxed_slice()
+    fn data(key: &[u8], sealed: &[u8]) -> EntryBuf {
+        let mut entry = EntryBuf::new(key, sealed.len()).unwrap();
+        entry.sealed_mut().copy_from_slice(sealed);
+        entry
     }
 
     fn get(store: &Store, key: &[u8], now: u64) -> Option<Vec<u8>> {
@@ -615,10 +666,10 @@ mod tests {
     fn global_lru_across_shards() {
         let store = Store::new(16, 3);
         for k in [b"a", b"b", b"c"] {
-            store.insert(data(k, k), 1, 100, 1, 0);
+            store.insert(data(k, k), 100, 1, 0);
         }
         assert!(get(&store, b"a", 0).is_some());
-        store.insert(data(b"d", b"d"), 1, 100, 1, 0);
+        store.insert(data(b"d", b"d"), 100, 1, 0);
         assert!(get(&store, b"b", 0).is_none(), "b was least recently used");
         assert!(get(&store, b"a", 0).is_some());
         assert!(get(&store, b"c", 0).is_some());
@@ -628,9 +679,23 @@ mod tests {
     }
 
     #[test]
+    fn entry_buffers_keep_key_and_sealed_apart() {
+        let mut entry = EntryBuf::new(b"key", 4).unwrap();
+        entry.sealed_mut().copy_from_slice(b"seal");
+        assert_eq!(entry.key(), b"key");
+        assert_eq!(entry.sealed(), b"seal");
+        let (key, sealed) = entry.key_and_sealed_mut();
+        assert_eq!((key, &*sealed), (&b"key"[..], &b"seal"[..]));
+        assert!(EntryBuf::new(&[0; 65_536], 1).is_none());
+        let empty = EntryBuf::default();
+        assert!(empty.key().is_empty() && empty.sealed().is_empty());
+        assert_eq!(std::mem::size_of::<Node>(), 48);
+    }
+
+    #[test]
     fn expiry_is_exact() {
         let store = Store::new(4, 10);
-        store.insert(data(b"k", b"v"), 1, 100, 1, 0);
+        store.insert(data(b"k", b"v"), 100, 1, 0);
         assert!(get(&store, b"k", 99).is_some());
         assert!(get(&store, b"k", 100).is_none());
         assert_eq!(store.len(), 0);
@@ -640,7 +705,7 @@ mod tests {
     #[test]
     fn stale_entries_are_served_only_within_grace_and_negatives_never() {
         let store = Store::new(4, 10);
-        store.insert(data(b"k", b"v"), 1, 100, 1, 0);
+        store.insert(data(b"k", b"v"), 100, 1, 0);
         store.insert_negative(b"n", 100, 0);
         let read = |now, grace| {
             store
@@ -670,8 +735,8 @@ mod tests {
     #[test]
     fn replacing_keeps_one_entry() {
         let store = Store::new(4, 10);
-        store.insert(data(b"k", b"v1"), 1, 100, 1, 0);
-        store.insert(data(b"k", b"v2"), 1, 100, 2, 0);
+        store.insert(data(b"k", b"v1"), 100, 1, 0);
+        store.insert(data(b"k", b"v2"), 100, 2, 0);
         assert_eq!(store.len(), 1);
         assert_eq!(get(&store, b"k", 0).unwrap(), b"v2");
     }
@@ -680,7 +745,7 @@ mod tests {
     fn sweep_and_take_all() {
         let store = Store::new(4, 100);
         for i in 0..50u8 {
-            store.insert(data(&[i], b"x"), 1, 100, 1 + u64::from(i % 2), 0);
+            store.insert(data(&[i], b"x"), 100, 1 + u64::from(i % 2), 0);
         }
         assert_eq!(store.remove_sealed_under(1), 25);
         assert_eq!(store.len(), 25);
