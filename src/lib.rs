@@ -67,13 +67,13 @@
 //! ```
 
 #![deny(missing_docs, unsafe_code)]
+#![warn(clippy::undocumented_unsafe_blocks)]
 
 #[cfg(not(target_os = "linux"))]
 compile_error!(
     "sealcache supports Linux only for now: its key slab relies on memfd_secret, \
      MADV_WIPEONFORK, MADV_DONTDUMP and /proc/self/smaps"
 );
-#![warn(clippy::undocumented_unsafe_blocks)]
 
 mod cache;
 mod clock;
