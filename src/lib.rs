@@ -38,7 +38,11 @@
 //!   attacks on RAM.
 //! - Root on the live machine without `memfd_secret`: it can read locked
 //!   pages through `/proc/PID/mem` or a debugger, and inject code anyway.
-//! - Stack residue of the AEAD's key schedule is not wiped.
+//! - Registers and spills: the AEAD's dead stack frames (HChaCha20 state,
+//!   ring's copy of the per-entry subkey) are overwritten after every seal
+//!   and open, which `tests/forensics.rs` verifies by scanning the process;
+//!   what the compiler keeps in registers or spills elsewhere is not
+//!   guaranteed.
 //!
 //! The claims, their attackers and the tests that prove them are listed in
 //! `THREAT_MODEL.md` and `SECURITY.md` at the repository root.
@@ -99,6 +103,9 @@ pub use config::{
 };
 pub use error::Error;
 pub use loader::LoadError;
-pub use memory::{Backend, ProtectionFailure, ProtectionKind, Protections, SlabBackend};
+pub use memory::{
+    Backend, HardeningError, HardeningStep, ProcessHardening, ProtectionFailure, ProtectionKind,
+    Protections, SlabBackend, harden_process,
+};
 pub use secrecy::ExposeSecret;
 pub use secret::{CacheKey, SecretBytes, SecretValue};

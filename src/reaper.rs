@@ -86,7 +86,9 @@ impl Reaper {
         }
         let waker_tx = tx.clone();
         let pid = std::process::id();
-        clock.register_waker(Box::new(move || std::process::id() == pid && sync(&waker_tx)));
+        clock.register_waker(Box::new(move || {
+            std::process::id() == pid && sync(&waker_tx)
+        }));
         Ok(Self {
             tx,
             thread: Some(thread),

@@ -238,7 +238,11 @@ impl Backend {
         *nonce_out = *nonce;
         ciphertext.copy_from_slice(plaintext);
         let aad = AadBuf::new(epoch, cache_key);
-        match self.seal_detached(key, nonce, aad.as_slice(), ciphertext) {
+        let sealed = self.seal_detached(key, nonce, aad.as_slice(), ciphertext);
+        // The AEAD's frames (HChaCha20 state, ring's copy of the subkey)
+        // lay below this one: overwrite them before returning.
+        wipe_stack();
+        match sealed {
             Ok(tag) => {
                 *tag_out = tag;
                 Ok(())
@@ -284,8 +288,10 @@ impl Backend {
         }
         out.copy_from_slice(ciphertext);
         let aad = AadBuf::new(epoch, cache_key);
-        self.open_detached(key, nonce, aad.as_slice(), out, tag)
-            .map_err(|AeadFailure| OpenError)
+        let opened = self.open_detached(key, nonce, aad.as_slice(), out, tag);
+        // As in `seal_into_with_nonce`: wipe the AEAD's dead frames.
+        wipe_stack();
+        opened.map_err(|AeadFailure| OpenError)
     }
 
     /// Raw XChaCha20-Poly1305 encryption of `in_out` in place; returns the tag.
@@ -319,6 +325,33 @@ impl Backend {
             }
         }
     }
+}
+
+/// Bytes of stack below the caller that [`wipe_stack`] overwrites: more than
+/// the deepest call chain of either AEAD backend (HChaCha20, ring's
+/// ChaCha20-Poly1305 and its assembly), measured by the forensics tests.
+/// Unoptimised builds use far deeper frames.
+const STACK_WIPE_BYTES: usize = if cfg!(debug_assertions) {
+    32 * 1024
+} else {
+    4096
+};
+
+/// Overwrites [`STACK_WIPE_BYTES`] of the stack below the caller's frame
+/// with zeros, erasing what the AEAD left in its dead frames: the HChaCha20
+/// state and ring's un-zeroized copy of the per-entry subkey (which, with the
+/// entry's ciphertext, opens that entry even after its epoch key is wiped).
+/// Must be called right after the AEAD returns, from the frame that called
+/// it.
+///
+/// The zeroed array is handed to `black_box`, which the optimiser must
+/// treat as reading it, so the fill (a `memset`, tens of nanoseconds for
+/// 4 KiB) cannot be elided; `tests/forensics.rs` verifies the effect by
+/// scanning the process for subkeys.
+#[inline(never)]
+fn wipe_stack() {
+    let area = [0u8; STACK_WIPE_BYTES];
+    core::hint::black_box(&area);
 }
 
 /// A raw AEAD operation failed (bad tag, or message too long).

@@ -297,7 +297,11 @@ fn dropping_the_last_handle_joins_the_reaper_and_leaks_no_fd() {
 fn reaper_thread_is_joined_on_drop() {
     // Counted in a child process so that no other test's cache is counted.
     if std::env::var("SEALCACHE_CHILD_ROLE").as_deref() != Ok("join") {
-        run_child("reaper_thread_is_joined_on_drop", "join", Duration::from_secs(60));
+        run_child(
+            "reaper_thread_is_joined_on_drop",
+            "join",
+            Duration::from_secs(60),
+        );
         return;
     }
     let before = reaper_threads();
@@ -522,7 +526,14 @@ fn a_forked_child_refuses_to_serve_and_never_waits_for_a_reaper() {
     // SAFETY: waiting for the child we just created.
     let waited = unsafe { libc::waitpid(pid, &mut status, 0) };
     assert_eq!(waited, pid);
-    assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "status {status:#x}");
-    assert_eq!(get(&cache, "k").unwrap(), b"parent-value", "parent unaffected");
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "status {status:#x}"
+    );
+    assert_eq!(
+        get(&cache, "k").unwrap(),
+        b"parent-value",
+        "parent unaffected"
+    );
     assert!(cache.stats().reaper_alive);
 }

@@ -13,6 +13,7 @@
 
 mod anon;
 mod buf;
+mod process;
 mod report;
 mod secret_mem;
 mod sentinel;
@@ -24,6 +25,7 @@ mod time;
 #[cfg(test)]
 mod tests;
 
+pub use process::{HardeningError, HardeningStep, ProcessHardening, harden_process};
 pub use report::{Backend, ProtectionFailure, ProtectionKind, Protections, SlabBackend};
 
 pub(crate) use buf::LockedBuf;

@@ -1,0 +1,525 @@
+//! Memory-forensics tests: a parent process reads a child's memory from
+//! outside (`/proc/CHILD/mem`, `gcore`, a kernel core dump) and counts the
+//! child's secrets and epoch keys it finds. Claims 1, 2, 3 and 8 of
+//! THREAT_MODEL.md.
+//!
+//! Each test re-executes this binary as a child (see `forensics/mod.rs`).
+//! The child draws 32-byte secrets from `getrandom` into a stack buffer,
+//! inserts them, sends them hex-encoded to the parent and zeroizes its
+//! buffers; it keeps only 64-bit fingerprints to check what it reads back.
+//! Epoch keys are exported (test hook) on a helper thread that wipes its own
+//! stack before it ends, so no copy made by the test can be mistaken for
+//! residue left by the library.
+
+#![cfg(all(target_os = "linux", feature = "test-hooks"))]
+
+#[path = "forensics/mod.rs"]
+mod forensics;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use forensics::{Kind, NEEDLE_LEN, Needles, Scan};
+use sealcache::{Backend, ExposeSecret, ManualClock, SealCache, testing};
+use zeroize::Zeroize;
+
+/// Secrets per child.
+const N: usize = 200;
+const TTL: Duration = Duration::from_secs(60);
+/// Default epoch length (TTL / 4).
+const EPOCH: Duration = Duration::from_secs(15);
+
+// ---------------------------------------------------------------------------
+// The child.
+// ---------------------------------------------------------------------------
+
+/// What a child does after filling its cache.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Finish {
+    /// Stay as is (keys live) while the parent looks.
+    Block,
+    /// Advance the clock past every key's deadline first.
+    Expire,
+    /// `invalidate_all()` first.
+    InvalidateAll,
+    /// Let the parent look, then `abort()` (kernel core dump).
+    Abort,
+}
+
+fn backend_named(name: &str) -> Backend {
+    match name {
+        "anon" => Backend::LockedAnonymous,
+        "memfd" => Backend::MemfdSecret,
+        other => panic!("unknown backend {other}"),
+    }
+}
+
+/// Runs the child side: `role` is `<backend>:<read>:<finish>`.
+fn run_child(role: &str) {
+    let parts: Vec<&str> = role.split(':').collect();
+    let backend = backend_named(parts[0]);
+    let read_back = parts[1] == "read";
+    let finish = match parts[2] {
+        "block" => Finish::Block,
+        "expire" => Finish::Expire,
+        "invalidate" => Finish::InvalidateAll,
+        "abort" => Finish::Abort,
+        other => panic!("unknown finish {other}"),
+    };
+    if finish == Finish::Abort {
+        allow_core_dump();
+    }
+    let clock = ManualClock::new();
+    let cache = SealCache::builder()
+        .ttl(TTL)
+        .max_entries(1000)
+        .backend(backend)
+        .clock(clock.clone())
+        .build()
+        .expect("build cache (the protections these tests attack must be available)");
+    let mut fingerprints = Vec::with_capacity(N);
+    let names: Vec<String> = (0..N).map(|i| format!("secret-{i:03}")).collect();
+    // Two epochs: half the secrets at t = 0, half at t = 15 s.
+    for (i, name) in names.iter().enumerate() {
+        if i == N / 2 {
+            clock.advance(EPOCH);
+        }
+        insert_random(&cache, name, &mut fingerprints);
+    }
+    export_keys(&cache);
+    for name in &names {
+        // The nonce (bytes 1..25 of the sealed entry) is public; the parent
+        // derives each entry's subkey from it and the exported keys.
+        assert!(testing::tamper(&cache, name.as_bytes(), |sealed| {
+            forensics::send_hex("nonce", &sealed[1..25]);
+        }));
+    }
+    if read_back {
+        for (name, want) in names.iter().zip(&fingerprints) {
+            let secret = cache.get(name).expect("get").expect("live");
+            assert_eq!(forensics::fingerprint(secret.expose_secret()), *want);
+            drop(secret);
+            let seen = cache
+                .with(name, forensics::fingerprint)
+                .expect("with")
+                .expect("live");
+            assert_eq!(seen, *want);
+        }
+    }
+    match finish {
+        Finish::Block | Finish::Abort => {}
+        Finish::Expire => {
+            // Key of epoch 1 is due at (1 + 1) * 15 s + 60 s = 90 s.
+            clock.advance(Duration::from_secs(100) - EPOCH);
+            assert!(cache.get(&names[0]).expect("get").is_none());
+        }
+        Finish::InvalidateAll => {
+            cache.invalidate_all();
+            assert!(cache.sync_reaper(), "reaper alive");
+        }
+    }
+    let stats = cache.stats();
+    let slab = testing::slab_range(&cache);
+    forensics::send_value("slab", format!("{} {}", slab.start, slab.end));
+    forensics::send_value("live_keys", stats.live_keys);
+    forensics::send_value("keys_wiped", stats.keys_wiped);
+    forensics::send_value("len", cache.len());
+    forensics::send_value("protections", cache.protections());
+    forensics::wait_for_parent();
+    if finish == Finish::Abort {
+        std::process::abort();
+    }
+    drop(cache);
+}
+
+/// Inserts one fresh random secret under `name` and sends it to the parent;
+/// the only copy the child keeps is a fingerprint.
+fn insert_random(cache: &SealCache, name: &str, fingerprints: &mut Vec<u64>) {
+    let mut secret = [0u8; NEEDLE_LEN];
+    forensics::random_secret(&mut secret);
+    fingerprints.push(forensics::fingerprint(&secret));
+    cache.insert(name, &secret[..]).expect("insert");
+    forensics::send_hex("plain", &secret);
+    secret.zeroize();
+}
+
+/// Sends every live epoch key to the parent from a helper thread that wipes
+/// its stack afterwards.
+fn export_keys(cache: &SealCache) {
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                let mut keys = testing::export_live_keys(cache);
+                assert!(!keys.is_empty(), "no live key to look for");
+                for key in &keys {
+                    forensics::send_hex("key", key);
+                }
+                keys.zeroize();
+                drop(keys);
+                forensics::wipe_own_stack();
+            })
+            .join()
+            .expect("key export thread");
+    });
+}
+
+fn allow_core_dump() {
+    let limit = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: setrlimit reads a valid rlimit struct; result checked.
+    let rc = unsafe { libc::setrlimit(libc::RLIMIT_CORE, &limit) };
+    assert_eq!(rc, 0, "setrlimit(RLIMIT_CORE, unlimited)");
+}
+
+// ---------------------------------------------------------------------------
+// The parent.
+// ---------------------------------------------------------------------------
+
+/// What the parent learned from a child that is now blocked.
+struct Observed {
+    needles: Needles,
+    lines: Vec<String>,
+    slab: (usize, usize),
+}
+
+fn observe(spawned: &mut forensics::Spawned) -> Observed {
+    let lines = spawned.until_ready();
+    let needles = Needles::from_lines(&lines);
+    assert_eq!(needles.count(Kind::Plaintext), N, "child sent {N} secrets");
+    assert!(needles.count(Kind::Key) >= 1, "child sent its epoch keys");
+    let slab = forensics::value(&lines, "slab");
+    let (start, end) = slab.split_once(' ').expect("slab range");
+    Observed {
+        needles,
+        slab: (start.parse().expect("start"), end.parse().expect("end")),
+        lines,
+    }
+}
+
+fn report(test: &str, scan: &Scan, observed: &Observed) {
+    if std::env::var_os("FORENSICS_WHERE").is_some() {
+        let mut places: std::collections::BTreeMap<String, usize> = Default::default();
+        for hit in &scan.hits {
+            *places
+                .entry(format!("{:?} in {}", hit.kind, hit.location))
+                .or_default() += 1;
+        }
+        eprintln!("[{test}] hits by location: {places:#?}");
+    }
+    eprintln!(
+        "[{test}] scanned {} regions, {} bytes; plaintexts found {}/{}, keys found {} (of {} keys), \
+         entry subkeys found {}; unreadable: {:?}; {}",
+        scan.regions,
+        scan.bytes,
+        scan.found(Kind::Plaintext),
+        observed.needles.count(Kind::Plaintext),
+        scan.found(Kind::Key),
+        observed.needles.count(Kind::Key),
+        scan.found(Kind::Subkey),
+        scan.unreadable
+            .iter()
+            .map(|r| format!("{} ({} pages, errno {:?})", r.label, r.pages, r.errno))
+            .collect::<Vec<_>>(),
+        forensics::value(&observed.lines, "protections"),
+    );
+}
+
+/// Asserts the slab of a `memfd_secret` child cannot be read from outside.
+fn assert_slab_unreadable(pid: u32, observed: &Observed) {
+    let (start, end) = observed.slab;
+    let err = forensics::read_mem(pid, start, end - start)
+        .expect_err("root read the memfd_secret slab through /proc/PID/mem");
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+}
+
+/// Scans a child that expired (or shredded) everything: no plaintext and no
+/// key may be left anywhere in its memory.
+fn assert_no_trace_after(test: &str, role: &str) {
+    let mut child = forensics::spawn(test, role);
+    let observed = observe(&mut child);
+    assert_eq!(forensics::value(&observed.lines, "live_keys"), "0");
+    assert_eq!(forensics::value(&observed.lines, "len"), "0");
+    let scan = forensics::scan_process(child.pid(), &observed.needles);
+    report(test, &scan, &observed);
+    assert_eq!(
+        (
+            scan.found(Kind::Plaintext),
+            scan.found(Kind::Key),
+            scan.found(Kind::Subkey)
+        ),
+        (0, 0, 0),
+        "residue of {role} (plaintexts, keys, entry subkeys):\n{}",
+        scan.describe()
+    );
+    child.finish_ok();
+}
+
+// ---------------------------------------------------------------------------
+// Claim 1: live dump at rest.
+// ---------------------------------------------------------------------------
+
+/// 200 secrets at rest, none exposed, keys in memfd_secret: root reading
+/// every readable region finds no plaintext and no key, and its read of the
+/// slab fails with EIO.
+#[test]
+fn live_dump_at_rest_finds_no_plaintext_and_no_key_behind_memfd_secret() {
+    const TEST: &str = "live_dump_at_rest_finds_no_plaintext_and_no_key_behind_memfd_secret";
+    if let Some(role) = forensics::child_role() {
+        return run_child(&role);
+    }
+    let mut child = forensics::spawn(TEST, "memfd:none:block");
+    let observed = observe(&mut child);
+    assert!(
+        forensics::value(&observed.lines, "protections").contains("backend=memfd_secret"),
+        "memfd_secret must be active on this machine"
+    );
+    assert_slab_unreadable(child.pid(), &observed);
+    let scan = forensics::scan_process(child.pid(), &observed.needles);
+    report(TEST, &scan, &observed);
+    let (start, end) = observed.slab;
+    assert!(
+        scan.unreadable
+            .iter()
+            .any(|r| r.start <= start && end <= r.end && r.errno == Some(libc::EIO)),
+        "the slab must be among the regions the scan could not read: {:?}",
+        scan.unreadable
+    );
+    assert_eq!(scan.found(Kind::Plaintext), 0, "{}", scan.describe());
+    assert_eq!(scan.found(Kind::Key), 0, "{}", scan.describe());
+    assert_eq!(scan.found(Kind::Subkey), 0, "{}", scan.describe());
+    child.finish_ok();
+}
+
+/// The same attack on the locked-anonymous backend: still no plaintext, but
+/// root reads every live epoch key in the slab (the limitation stated in
+/// THREAT_MODEL.md: without memfd_secret, root on the live host wins).
+#[test]
+fn live_dump_of_the_anonymous_backend_finds_no_plaintext_but_root_reads_the_keys() {
+    const TEST: &str =
+        "live_dump_of_the_anonymous_backend_finds_no_plaintext_but_root_reads_the_keys";
+    if let Some(role) = forensics::child_role() {
+        return run_child(&role);
+    }
+    let mut child = forensics::spawn(TEST, "anon:none:block");
+    let observed = observe(&mut child);
+    let scan = forensics::scan_process(child.pid(), &observed.needles);
+    report(TEST, &scan, &observed);
+    assert_eq!(scan.found(Kind::Plaintext), 0, "{}", scan.describe());
+    let (start, end) = observed.slab;
+    let keys = observed.needles.count(Kind::Key);
+    let in_slab = scan
+        .hits
+        .iter()
+        .filter(|h| h.kind == Kind::Key && (start..end).contains(&h.address))
+        .count();
+    assert_eq!(in_slab, keys, "root reads each key in the slab");
+    assert_eq!(
+        scan.found(Kind::Key),
+        keys,
+        "and nowhere else:\n{}",
+        scan.describe()
+    );
+    assert_eq!(scan.found(Kind::Subkey), 0, "{}", scan.describe());
+    child.finish_ok();
+}
+
+// ---------------------------------------------------------------------------
+// Claims 2 and 8: after expiry / invalidate_all; stack and heap residue.
+// ---------------------------------------------------------------------------
+
+/// 200 secrets inserted, read back with `get` and `with`, every
+/// `SecretBytes` dropped, then the clock passes every key deadline (the
+/// reaper runs): no plaintext and no epoch key is left anywhere readable —
+/// slab, heap (freed or not), every thread's stack — on either backend.
+#[test]
+fn after_expiry_no_plaintext_and_no_epoch_key_remain_in_memory() {
+    const TEST: &str = "after_expiry_no_plaintext_and_no_epoch_key_remain_in_memory";
+    if let Some(role) = forensics::child_role() {
+        return run_child(&role);
+    }
+    assert_no_trace_after(TEST, "anon:read:expire");
+    assert_no_trace_after(TEST, "memfd:read:expire");
+}
+
+/// As above, but `invalidate_all()` instead of expiry.
+#[test]
+fn after_invalidate_all_no_plaintext_and_no_epoch_key_remain_in_memory() {
+    const TEST: &str = "after_invalidate_all_no_plaintext_and_no_epoch_key_remain_in_memory";
+    if let Some(role) = forensics::child_role() {
+        return run_child(&role);
+    }
+    assert_no_trace_after(TEST, "anon:read:invalidate");
+    assert_no_trace_after(TEST, "memfd:read:invalidate");
+}
+
+/// Stack and heap residue while keys are live: after 200 seals, 200 `get`s
+/// and 200 `with`s (every `SecretBytes` dropped), a memfd_secret child holds
+/// no copy of an epoch key and no plaintext outside the (unreadable) slab —
+/// no thread stack, no freed heap chunk, no AEAD buffer.
+#[test]
+fn seal_and_open_leave_no_key_or_plaintext_on_stacks_or_heap() {
+    const TEST: &str = "seal_and_open_leave_no_key_or_plaintext_on_stacks_or_heap";
+    if let Some(role) = forensics::child_role() {
+        return run_child(&role);
+    }
+    let mut child = forensics::spawn(TEST, "memfd:read:block");
+    let observed = observe(&mut child);
+    assert_slab_unreadable(child.pid(), &observed);
+    let scan = forensics::scan_process(child.pid(), &observed.needles);
+    report(TEST, &scan, &observed);
+    assert_eq!(
+        (
+            scan.found(Kind::Plaintext),
+            scan.found(Kind::Key),
+            scan.found(Kind::Subkey)
+        ),
+        (0, 0, 0),
+        "residue (plaintexts, keys, entry subkeys):\n{}",
+        scan.describe()
+    );
+    child.finish_ok();
+}
+
+// ---------------------------------------------------------------------------
+// Claim 3: core dumps.
+// ---------------------------------------------------------------------------
+
+fn gcore(pid: u32, dir: &Path) -> std::path::PathBuf {
+    let prefix = dir.join("core");
+    let output = Command::new("gcore")
+        .arg("-o")
+        .arg(&prefix)
+        .arg(pid.to_string())
+        .output()
+        .expect("gcore must be installed (gdb): these tests need it");
+    let path = dir.join(format!("core.{pid}"));
+    assert!(
+        output.status.success() && path.exists(),
+        "gcore failed: {}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    path
+}
+
+/// `gcore` (gdb) of a live child with 200 secrets read back and keys live:
+/// the core holds no epoch key (MADV_DONTDUMP / memfd_secret) and no
+/// plaintext, on both backends.
+#[test]
+fn gcore_of_a_live_process_holds_no_epoch_key() {
+    const TEST: &str = "gcore_of_a_live_process_holds_no_epoch_key";
+    if let Some(role) = forensics::child_role() {
+        return run_child(&role);
+    }
+    for role in ["anon:read:block", "memfd:read:block"] {
+        let dir = forensics::temp_dir("gcore");
+        let mut child = forensics::spawn(TEST, role);
+        let observed = observe(&mut child);
+        let core = gcore(child.pid(), &dir);
+        let scan = forensics::scan_file(&core, &observed.needles);
+        report(TEST, &scan, &observed);
+        assert!(scan.bytes > 1 << 20, "core file too small: {}", scan.bytes);
+        assert_eq!(scan.found(Kind::Key), 0, "{role}: {}", scan.describe());
+        assert_eq!(
+            scan.found(Kind::Plaintext),
+            0,
+            "{role}: {}",
+            scan.describe()
+        );
+        assert_eq!(scan.found(Kind::Subkey), 0, "{role}: {}", scan.describe());
+        child.finish_ok();
+        std::fs::remove_dir_all(&dir).expect("remove core dir");
+    }
+}
+
+/// The kernel's own core dump of a child that calls `abort()` with keys
+/// live holds no epoch key and no plaintext, on both backends. Needs a
+/// `kernel.core_pattern` that writes a file (not a pipe to a program).
+#[test]
+fn kernel_core_dump_on_abort_holds_no_epoch_key() {
+    const TEST: &str = "kernel_core_dump_on_abort_holds_no_epoch_key";
+    if let Some(role) = forensics::child_role() {
+        return run_child(&role);
+    }
+    let pattern = std::fs::read_to_string("/proc/sys/kernel/core_pattern").expect("core_pattern");
+    let pattern = pattern.trim();
+    assert!(
+        !pattern.starts_with('|') && !pattern.contains('/'),
+        "kernel.core_pattern is {pattern:?}: this test needs a plain file name written to the \
+         crashing process's working directory (e.g. `sysctl kernel.core_pattern=core`)"
+    );
+    let stem = pattern.split('%').next().unwrap_or("core").to_string();
+    for role in ["anon:read:abort", "memfd:read:abort"] {
+        let dir = forensics::temp_dir("kcore");
+        let mut child = forensics::spawn_in(TEST, role, Some(&dir));
+        let observed = observe(&mut child);
+        child.release();
+        let (status, err, _) = child.wait();
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(status.signal(), Some(libc::SIGABRT), "{status:?}\n{err}");
+        assert!(
+            status.core_dumped(),
+            "the kernel did not dump core: {status:?}"
+        );
+        let core = std::fs::read_dir(&dir)
+            .expect("read dir")
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with(&stem))
+            })
+            .unwrap_or_else(|| panic!("no core file in {}", dir.display()));
+        let scan = forensics::scan_file(&core, &observed.needles);
+        report(TEST, &scan, &observed);
+        assert!(scan.bytes > 1 << 20, "core file too small: {}", scan.bytes);
+        assert_eq!(scan.found(Kind::Key), 0, "{role}: {}", scan.describe());
+        assert_eq!(
+            scan.found(Kind::Plaintext),
+            0,
+            "{role}: {}",
+            scan.describe()
+        );
+        assert_eq!(scan.found(Kind::Subkey), 0, "{role}: {}", scan.describe());
+        std::fs::remove_dir_all(&dir).expect("remove core dir");
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Opt-in harden_process(): no kernel core file at all.
+// ---------------------------------------------------------------------------
+
+/// After the opt-in `harden_process()`, a child that aborts with keys live
+/// writes no core file at all (the same abort without it does dump core:
+/// `kernel_core_dump_on_abort_holds_no_epoch_key`).
+#[test]
+fn harden_process_stops_kernel_core_dumps() {
+    const TEST: &str = "harden_process_stops_kernel_core_dumps";
+    if forensics::child_role().is_some() {
+        allow_core_dump();
+        let report = sealcache::harden_process().expect("harden_process");
+        assert!(report.not_dumpable && report.no_core_limit);
+        let cache = SealCache::builder().build().expect("build");
+        cache.insert("k", "v").expect("insert");
+        forensics::wait_for_parent();
+        std::process::abort();
+    }
+    let dir = forensics::temp_dir("hardened");
+    let mut child = forensics::spawn_in(TEST, "hardened", Some(&dir));
+    child.until_ready();
+    child.release();
+    let (status, err, _) = child.wait();
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(status.signal(), Some(libc::SIGABRT), "{status:?}\n{err}");
+    assert!(!status.core_dumped(), "a hardened process dumped core");
+    let files: Vec<_> = std::fs::read_dir(&dir)
+        .expect("read dir")
+        .flatten()
+        .collect();
+    assert!(files.is_empty(), "core files written: {files:?}");
+    std::fs::remove_dir_all(&dir).expect("remove dir");
+}

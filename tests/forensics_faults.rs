@@ -1,0 +1,649 @@
+//! Fault tests against the real process: guard pages and canary (claim 4),
+//! fork (claim 5), lock failure (claim 6), leak-free text (claim 7), and a
+//! positive control proving the scanner finds what a child does keep.
+//!
+//! Tests that crash re-execute this binary as a child (see
+//! `forensics/mod.rs`) and assert the signal it died of.
+
+#![cfg(all(target_os = "linux", feature = "test-hooks"))]
+
+#[path = "forensics/mod.rs"]
+mod forensics;
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::time::{Duration, Instant};
+
+use forensics::{Kind, NEEDLE_LEN, Needles};
+use sealcache::{
+    Backend, BootClock, Builder, ConfigError, Error, ExposeSecret, LoadError, ManualClock,
+    Protection, ProtectionKind, SealCache, SecretBytes, testing,
+};
+use zeroize::Zeroize;
+
+fn backend_named(name: &str) -> Backend {
+    match name {
+        "anon" => Backend::LockedAnonymous,
+        "memfd" => Backend::MemfdSecret,
+        other => panic!("unknown backend {other}"),
+    }
+}
+
+fn small_cache(backend: Backend) -> (SealCache, ManualClock) {
+    let clock = ManualClock::new();
+    let cache = SealCache::builder()
+        .ttl(Duration::from_secs(60))
+        .max_entries(100)
+        .backend(backend)
+        .clock(clock.clone())
+        .build()
+        .expect("build cache");
+    (cache, clock)
+}
+
+// ---------------------------------------------------------------------------
+// Claim 4: guard pages and canary.
+// ---------------------------------------------------------------------------
+
+/// Child: builds a cache on `backend` and writes one byte at `offset` from
+/// the slab (`end` + 0, or `start` - 17), or corrupts the canary
+/// (`start` - 1) and frees the slab.
+fn guard_child(role: &str) {
+    forensics::no_core_files();
+    let (what, backend) = role.split_once(':').expect("role");
+    let (cache, _clock) = small_cache(backend_named(backend));
+    cache.insert("k", "v").expect("insert");
+    let slab = testing::slab_range(&cache);
+    let target = match what {
+        "end" => slab.end,
+        // The 16 bytes before the slab are the canary; the byte before them
+        // is the last byte of the leading guard page.
+        "start" => slab.start - 16 - 1,
+        "canary" => slab.start - 1,
+        other => panic!("unknown guard role {other}"),
+    };
+    assert_eq!((slab.start - 16) % 4096, 0, "slab + canary is page-aligned");
+    assert_eq!(slab.end % 4096, 0, "slab ends at the trailing guard page");
+    forensics::send(&[b"writing"]);
+    let ptr = target as *mut u8;
+    // SAFETY: deliberately none — this sacrificial child writes outside the
+    // slab to prove the guard pages and canary catch it; the parent asserts
+    // the signal it dies of.
+    unsafe {
+        let old = core::ptr::read_volatile(ptr);
+        core::ptr::write_volatile(ptr, !old);
+    }
+    forensics::send(&[b"written"]);
+    drop(cache);
+    forensics::send(&[b"survived"]);
+}
+
+fn run_guard(test: &str, what: &str, signal: i32) {
+    for backend in ["anon", "memfd"] {
+        let role = format!("{what}:{backend}");
+        let child = forensics::spawn(test, &role);
+        let lines = forensics::expect_signal(child, signal);
+        // The fault must come from the write (SIGSEGV) or from freeing the
+        // slab after it (SIGABRT), not from anything before.
+        let expected: &[&str] = if signal == libc::SIGSEGV {
+            &["writing"]
+        } else {
+            &["writing", "written"]
+        };
+        assert_eq!(lines, expected, "{role}");
+        eprintln!("[{test}] {role}: died of signal {signal} after {lines:?}");
+    }
+}
+
+/// A write one byte past the end of the key slab hits the trailing guard
+/// page and kills the process with SIGSEGV (both backends).
+#[test]
+fn write_one_byte_past_the_key_slab_dies_with_sigsegv() {
+    if let Some(role) = forensics::child_role() {
+        return guard_child(&role);
+    }
+    run_guard(
+        "write_one_byte_past_the_key_slab_dies_with_sigsegv",
+        "end",
+        libc::SIGSEGV,
+    );
+}
+
+/// A write one byte before the page-aligned start (slab start - 16 - 1)
+/// hits the leading guard page: SIGSEGV (both backends).
+#[test]
+fn write_one_byte_before_the_key_slab_dies_with_sigsegv() {
+    if let Some(role) = forensics::child_role() {
+        return guard_child(&role);
+    }
+    run_guard(
+        "write_one_byte_before_the_key_slab_dies_with_sigsegv",
+        "start",
+        libc::SIGSEGV,
+    );
+}
+
+/// A write into the 16-byte canary before the slab (start - 1) is caught
+/// when the slab is freed: SIGABRT (both backends).
+#[test]
+fn corrupted_canary_aborts_when_the_slab_is_freed() {
+    if let Some(role) = forensics::child_role() {
+        return guard_child(&role);
+    }
+    run_guard(
+        "corrupted_canary_aborts_when_the_slab_is_freed",
+        "canary",
+        libc::SIGABRT,
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Claim 5: fork.
+// ---------------------------------------------------------------------------
+
+/// Forks, runs `f` in the grandchild (which `_exit`s with its result), and
+/// returns the grandchild's wait status (killed after 10 s).
+fn in_fork(f: impl FnOnce() -> i32) -> i32 {
+    // SAFETY: fork has no memory-safety preconditions; the grandchild only
+    // runs `f` and `_exit`s, never returning into the test harness.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork failed");
+    if pid == 0 {
+        let code = catch_unwind(AssertUnwindSafe(f)).unwrap_or(99);
+        // SAFETY: terminates the grandchild immediately, without running
+        // the parent's atexit handlers or destructors twice.
+        unsafe { libc::_exit(code) };
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut status = 0;
+        // SAFETY: waits for our own child; `status` is a valid out-pointer.
+        let rc = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+        if rc == pid {
+            return status;
+        }
+        assert!(rc == 0, "waitpid failed");
+        if Instant::now() > deadline {
+            // SAFETY: kills our own stuck grandchild.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn describe_status(status: i32) -> String {
+    if libc::WIFSIGNALED(status) {
+        format!("signal {}", libc::WTERMSIG(status))
+    } else {
+        format!("exit {}", libc::WEXITSTATUS(status))
+    }
+}
+
+fn fork_child(backend: &str) {
+    forensics::no_core_files();
+    let (cache, _clock) = small_cache(backend_named(backend));
+    let mut fingerprints = Vec::new();
+    for i in 0..10 {
+        let mut secret = [0u8; NEEDLE_LEN];
+        forensics::random_secret(&mut secret);
+        fingerprints.push(forensics::fingerprint(&secret));
+        cache.insert(&format!("s{i}"), &secret[..]).expect("insert");
+        secret.zeroize();
+    }
+    assert!(
+        !testing::slab_is_zero(&cache),
+        "keys are in the slab before fork"
+    );
+    let slab = testing::slab_range(&cache);
+
+    // Grandchild 1: the cache refuses to serve, seal or open.
+    let refused = in_fork(|| {
+        let get = cache.get("s0");
+        let with = cache.with("s0", |b| b.len());
+        let insert = cache.insert("new", "value");
+        let ok = matches!(get, Err(Error::Forked))
+            && matches!(with, Err(Error::Forked))
+            && matches!(insert, Err(Error::Forked));
+        drop(cache.clone());
+        if ok { 0 } else { 1 }
+    });
+    forensics::send_value("refused", describe_status(refused));
+
+    // Grandchild 2: its view of the slab holds no key (anonymous memory:
+    // zero-filled by MADV_WIPEONFORK; memfd_secret: not mapped, so the read
+    // faults).
+    let view = in_fork(|| {
+        let mut nonzero = 0;
+        for addr in slab.clone() {
+            // SAFETY: reads the slab's address range in the forked child;
+            // for memfd_secret the range is unmapped there and the read
+            // faults, which is the point (the parent asserts the signal).
+            if unsafe { core::ptr::read_volatile(addr as *const u8) } != 0 {
+                nonzero += 1;
+            }
+        }
+        if nonzero == 0 { 0 } else { 2 }
+    });
+    forensics::send_value("slab_view", describe_status(view));
+
+    // The parent's cache is unaffected.
+    let intact = fingerprints.iter().enumerate().all(|(i, want)| {
+        let name = format!("s{i}");
+        let got = cache.get(&name).expect("get").expect("live");
+        forensics::fingerprint(got.expose_secret()) == *want
+            && cache.with(&name, forensics::fingerprint).expect("with") == Some(*want)
+    });
+    forensics::send_value("parent_intact", intact);
+    forensics::wait_for_parent();
+}
+
+/// After `fork`, the child's view of the key slab holds no live key (wiped
+/// for anonymous memory, unmapped for memfd_secret), the child's cache
+/// refuses with `Error::Forked` instead of serving data, and the parent's
+/// cache still serves every secret.
+#[test]
+fn forked_child_holds_no_key_and_gets_forked_error_while_parent_works() {
+    const TEST: &str = "forked_child_holds_no_key_and_gets_forked_error_while_parent_works";
+    if let Some(role) = forensics::child_role() {
+        return fork_child(&role);
+    }
+    for (backend, slab_view) in [("anon", "exit 0"), ("memfd", "signal 11")] {
+        let mut child = forensics::spawn(TEST, backend);
+        let lines = child.until_ready();
+        eprintln!("[{TEST}] {backend}: {lines:?}");
+        assert_eq!(forensics::value(&lines, "refused"), "exit 0", "{backend}");
+        assert_eq!(
+            forensics::value(&lines, "slab_view"),
+            slab_view,
+            "{backend}"
+        );
+        assert_eq!(
+            forensics::value(&lines, "parent_intact"),
+            "true",
+            "{backend}"
+        );
+        child.finish_ok();
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Claim 6: lock failure.
+// ---------------------------------------------------------------------------
+
+const CAP_IPC_LOCK: u32 = 14;
+const CAPABILITY_VERSION_3: u32 = 0x2008_0522;
+
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: i32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+/// Drops CAP_IPC_LOCK from this thread and sets RLIMIT_MEMLOCK to 0, then
+/// proves that `mlock` now fails.
+fn drop_memlock() {
+    let mut header = CapHeader {
+        version: CAPABILITY_VERSION_3,
+        pid: 0,
+    };
+    let mut data = [CapData::default(); 2];
+    // SAFETY: capget writes two CapData structs for version 3; both
+    // pointers are valid.
+    let rc = unsafe { libc::syscall(libc::SYS_capget, &mut header, data.as_mut_ptr()) };
+    assert_eq!(rc, 0, "capget");
+    let bit = 1u32 << CAP_IPC_LOCK;
+    data[0].effective &= !bit;
+    data[0].permitted &= !bit;
+    data[0].inheritable &= !bit;
+    // SAFETY: capset reads the header and two CapData structs.
+    let rc = unsafe { libc::syscall(libc::SYS_capset, &mut header, data.as_ptr()) };
+    assert_eq!(rc, 0, "capset (drop CAP_IPC_LOCK)");
+    let limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: setrlimit reads a valid rlimit struct.
+    let rc = unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &limit) };
+    assert_eq!(rc, 0, "setrlimit(RLIMIT_MEMLOCK, 0)");
+    let page = vec![0u8; 8192];
+    // SAFETY: mlock of our own live buffer; undone below if it succeeds.
+    let locked = unsafe { libc::mlock(page.as_ptr().cast(), 4096) };
+    if locked == 0 {
+        // SAFETY: undoes the lock just taken.
+        unsafe { libc::munlock(page.as_ptr().cast(), 4096) };
+    }
+    assert_ne!(
+        locked, 0,
+        "mlock still works: CAP_IPC_LOCK or the limit was not dropped"
+    );
+}
+
+fn build(backend: Backend, protection: Protection) -> Result<SealCache, Error> {
+    SealCache::builder()
+        .backend(backend)
+        .protection(protection)
+        .clock(ManualClock::new())
+        .build()
+}
+
+fn failure_kind(result: Result<SealCache, Error>) -> String {
+    match result {
+        Err(Error::Protection(failure)) => format!("{:?} errno={:?}", failure.kind, failure.errno),
+        Err(other) => format!("other error: {other}"),
+        Ok(cache) => format!("built: {}", cache.protections()),
+    }
+}
+
+fn works(cache: &SealCache) -> bool {
+    cache.insert("k", "locked-out secret").is_ok()
+        && cache
+            .get("k")
+            .ok()
+            .flatten()
+            .is_some_and(|s| s.expose_secret() == b"locked-out secret")
+        && cache.with("k", <[u8]>::len).ok() == Some(Some(17))
+}
+
+fn assert_kind(lines: &[String], tag: &str, kind: &str) {
+    let got = forensics::value(lines, tag);
+    assert!(got.starts_with(&format!("{kind} errno=")), "{tag}: {got}");
+}
+
+fn nolock_child() {
+    drop_memlock();
+    forensics::send_value(
+        "require_anon",
+        failure_kind(build(Backend::LockedAnonymous, Protection::Require)),
+    );
+    let best = build(Backend::LockedAnonymous, Protection::BestEffort).expect("best effort builds");
+    let report = best.protections();
+    forensics::send_value(
+        "best_effort_anon",
+        format!(
+            "works={} mlock={} failures={:?}",
+            works(&best),
+            report.mlock,
+            report.failures.iter().map(|f| f.kind).collect::<Vec<_>>()
+        ),
+    );
+    forensics::send_value(
+        "memfd_require",
+        failure_kind(build(Backend::MemfdSecret, Protection::Require)),
+    );
+    forensics::send_value(
+        "memfd_best_effort",
+        failure_kind(build(Backend::MemfdSecret, Protection::BestEffort)),
+    );
+    forensics::send_value(
+        "auto_require",
+        failure_kind(build(Backend::Auto, Protection::Require)),
+    );
+    let auto = build(Backend::Auto, Protection::BestEffort).expect("auto best effort builds");
+    let report = auto.protections();
+    forensics::send_value(
+        "auto_best_effort",
+        format!(
+            "works={} backend={} memfd_secret={} mlock={} failures={:?}",
+            works(&auto),
+            report.backend,
+            report.memfd_secret,
+            report.mlock,
+            report.failures.iter().map(|f| f.kind).collect::<Vec<_>>()
+        ),
+    );
+    forensics::wait_for_parent();
+}
+
+/// Without CAP_IPC_LOCK and with RLIMIT_MEMLOCK = 0: `Require` refuses to
+/// build with a typed `Mlock` error; `BestEffort` builds, works, and reports
+/// mlock off; memfd_secret fails with a typed error when forced and falls
+/// back to (unlocked, reported) anonymous memory under `Auto`.
+#[test]
+fn without_cap_ipc_lock_and_memlock_require_fails_typed_and_best_effort_reports() {
+    const TEST: &str =
+        "without_cap_ipc_lock_and_memlock_require_fails_typed_and_best_effort_reports";
+    if forensics::child_role().is_some() {
+        return nolock_child();
+    }
+    let mut child = forensics::spawn(TEST, "nolock");
+    let lines = child.until_ready();
+    eprintln!("[{TEST}] {lines:#?}");
+    assert_kind(&lines, "require_anon", "Mlock");
+    assert_eq!(
+        forensics::value(&lines, "best_effort_anon"),
+        "works=true mlock=false failures=[Mlock]"
+    );
+    assert_kind(&lines, "memfd_require", "MemfdSecret");
+    assert_kind(&lines, "memfd_best_effort", "MemfdSecret");
+    assert_kind(&lines, "auto_require", "Mlock");
+    assert_eq!(
+        forensics::value(&lines, "auto_best_effort"),
+        "works=true backend=locked_anonymous memfd_secret=false mlock=false \
+         failures=[MemfdSecret, Mlock]"
+    );
+    child.finish_ok();
+}
+
+// ---------------------------------------------------------------------------
+// Claim 7: leak-free text.
+// ---------------------------------------------------------------------------
+
+/// Every rendering of a secret that a formatter could produce: raw, hex
+/// (both cases), `Debug` of byte slices, `\x` escapes — of every 4-byte
+/// window, so a partial leak is caught too.
+fn forbidden_fragments(secret: &[u8]) -> Vec<String> {
+    let mut out = Vec::new();
+    for w in secret.windows(4) {
+        out.push(String::from_utf8_lossy(w).into_owned());
+        out.push(w.iter().map(|b| format!("{b:02x}")).collect());
+        out.push(w.iter().map(|b| format!("{b:02X}")).collect());
+        out.push(format!("{w:?}").trim_matches(['[', ']']).to_string());
+        out.push(w.iter().map(|b| format!("\\x{b:02x}")).collect());
+    }
+    out
+}
+
+fn assert_clean(text: &str, secrets: &[&[u8]], what: &str) {
+    for secret in secrets {
+        for fragment in forbidden_fragments(secret) {
+            assert!(
+                !text.contains(&fragment),
+                "{what} leaks secret fragment {fragment:?}: {text}"
+            );
+        }
+    }
+}
+
+/// Debug/Display of every public type, every error message the cache can
+/// produce, and what a panicking loader's caller and waiters receive hold no
+/// byte sequence of any secret or epoch key.
+#[test]
+fn text_of_every_public_type_error_and_panicking_loader_holds_no_secret() {
+    let mut raw = [0u8; NEEDLE_LEN];
+    forensics::random_secret(&mut raw);
+    let printable = b"pw-Zq8rT1mK0vXy7LbN3sWd5HcJ2fGe9";
+    let clock = ManualClock::new();
+    let cache = SealCache::builder()
+        .ttl(Duration::from_secs(60))
+        .clock(clock.clone())
+        .build()
+        .expect("build");
+    cache.insert("raw", &raw[..]).expect("insert");
+    cache.insert("printable", &printable[..]).expect("insert");
+    let keys = testing::export_live_keys(&cache);
+    let mut secrets: Vec<&[u8]> = vec![&raw, printable];
+    secrets.extend(keys.iter().map(|k| &k[..]));
+
+    let got = cache.get("raw").expect("get").expect("live");
+    let builder = SealCache::builder().ttl(Duration::from_secs(60));
+    let mut texts = vec![
+        format!("{cache:?}"),
+        format!("{cache:#?}"),
+        format!("{got:?}"),
+        format!("{:?}", SecretBytes::from(&printable[..])),
+        format!("{:?} {:#?}", cache.stats(), cache.stats()),
+        format!("{} {:?}", cache.protections(), cache.protections()),
+        format!("{clock:?} {:?}", BootClock),
+        format!("{builder:?}"),
+        format!("{:?} {:?}", Protection::Require, Backend::Auto),
+    ];
+    // Every error the cache returns, from real failures where possible.
+    assert!(testing::tamper(&cache, b"raw", |sealed| sealed[30] ^= 1));
+    let integrity = cache.get("raw").expect_err("tampered");
+    assert_eq!(integrity, Error::Integrity);
+    let too_long = cache
+        .insert(&vec![b'k'; 1 << 20], &raw[..])
+        .expect_err("key too long");
+    let config = SealCache::builder()
+        .ttl(Duration::ZERO)
+        .build()
+        .expect_err("zero ttl");
+    // Configuration errors echo the rejected configuration value (never a
+    // cached secret): a non-numeric TTL.
+    let env: ConfigError =
+        Builder::from_env_with(|name| (name == sealcache::ENV_TTL_SECS).then(|| "sixty".into()))
+            .expect_err("bad env value");
+    for err in [
+        integrity,
+        too_long,
+        config,
+        Error::Forked,
+        Error::Random,
+        Error::Reaper,
+    ] {
+        texts.push(format!("{err} {err:?}"));
+    }
+    texts.push(format!("{env} {env:?}"));
+    for kind in [
+        ProtectionKind::Mlock,
+        ProtectionKind::NoDump,
+        ProtectionKind::GuardPages,
+        ProtectionKind::Canary,
+        ProtectionKind::ForkWipe,
+        ProtectionKind::MemfdSecret,
+        ProtectionKind::Allocation,
+    ] {
+        texts.push(format!("{kind} {kind:?} {}", kind.remedy()));
+    }
+
+    // A loader that holds the secret and panics with a message that does
+    // not contain it: the caller gets back exactly that payload, waiters get
+    // the payload-free `LoaderPanicked`, and nothing is cached.
+    let leader_cache = cache.clone();
+    let leader = std::thread::spawn(move || {
+        catch_unwind(AssertUnwindSafe(|| {
+            let _ =
+                leader_cache.get_or_try_load("loaded", || -> Result<Option<Vec<u8>>, String> {
+                    let fetched = b"pw-LOADED-4f9a1c77e2d0b8a6c3f5e1d".to_vec();
+                    let deadline = Instant::now() + Duration::from_secs(10);
+                    while leader_cache.stats().coalesced_waits < 1 && Instant::now() < deadline {
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                    assert!(!fetched.is_empty());
+                    panic!("database row malformed")
+                });
+        }))
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while cache.stats().loads < 1 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let waiter = cache.get_or_try_load("loaded", || -> Result<Option<Vec<u8>>, String> {
+        panic!("a waiter must not load")
+    });
+    let payload = leader
+        .join()
+        .expect("leader thread")
+        .expect_err("leader panics");
+    let payload_text = payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .expect("string payload");
+    assert_eq!(
+        payload_text, "database row malformed",
+        "payload passed through unchanged"
+    );
+    let waiter_err = match waiter {
+        Err(err @ LoadError::LoaderPanicked) => err,
+        other => panic!("waiter got {other:?}"),
+    };
+    texts.push(format!("{payload_text} {waiter_err} {waiter_err:?}"));
+    let loader_err = cache
+        .get_or_try_load("failing", || -> Result<Option<Vec<u8>>, String> {
+            Err("lookup failed".to_string())
+        })
+        .expect_err("loader error");
+    texts.push(format!("{loader_err} {loader_err:?}"));
+    assert!(
+        cache.get("loaded").expect("get").is_none(),
+        "nothing cached"
+    );
+    let loaded: &[u8] = b"pw-LOADED-4f9a1c77e2d0b8a6c3f5e1d";
+    secrets.push(loaded);
+
+    for text in &texts {
+        assert_clean(text, &secrets, "formatted output");
+    }
+    eprintln!(
+        "[text] {} renderings checked against {} secrets/keys, none leaks",
+        texts.len(),
+        secrets.len()
+    );
+    raw.zeroize();
+}
+
+// ---------------------------------------------------------------------------
+// Control: the scanner finds what a child keeps.
+// ---------------------------------------------------------------------------
+
+fn keeper_child() {
+    let mut on_stack = [0u8; NEEDLE_LEN];
+    forensics::random_secret(&mut on_stack);
+    let mut on_heap = vec![0u8; NEEDLE_LEN];
+    getrandom::fill(&mut on_heap).expect("getrandom");
+    forensics::send_hex("plain", &on_stack);
+    forensics::send_hex("plain", &on_heap);
+    forensics::wait_for_parent();
+    std::hint::black_box((&on_stack, &on_heap));
+    on_stack.zeroize();
+    on_heap.zeroize();
+}
+
+/// The scanner is not blind: two secrets a child deliberately keeps (one on
+/// its stack, one on its heap) are both found by the parent's scan of
+/// `/proc/CHILD/mem`, on the stack and heap respectively.
+#[test]
+fn scanner_finds_secrets_a_child_keeps_on_its_stack_and_heap() {
+    const TEST: &str = "scanner_finds_secrets_a_child_keeps_on_its_stack_and_heap";
+    if forensics::child_role().is_some() {
+        return keeper_child();
+    }
+    let mut child = forensics::spawn(TEST, "keeper");
+    let lines = child.until_ready();
+    let needles = Needles::from_lines(&lines);
+    let scan = forensics::scan_process(child.pid(), &needles);
+    eprintln!("[{TEST}] {}", scan.describe());
+    for needle in 0..2 {
+        assert!(
+            scan.hits
+                .iter()
+                .any(|h| h.needle == needle && h.kind == Kind::Plaintext),
+            "kept secret #{needle} not found:\n{}",
+            scan.describe()
+        );
+    }
+    assert!(
+        scan.hits.iter().any(|h| h.location.contains("stack")),
+        "{}",
+        scan.describe()
+    );
+    child.finish_ok();
+}
