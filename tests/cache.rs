@@ -537,3 +537,16 @@ fn a_forked_child_refuses_to_serve_and_never_waits_for_a_reaper() {
     );
     assert!(cache.stats().reaper_alive);
 }
+
+#[test]
+fn public_types_are_send_and_sync_where_users_need_them() {
+    fn send_sync<T: Send + Sync>() {}
+    fn send<T: Send>() {}
+    send_sync::<SealCache>();
+    send_sync::<ManualClock>();
+    send_sync::<Error>();
+    send_sync::<sealcache::Stats>();
+    send_sync::<sealcache::Protections>();
+    send::<SecretBytes>();
+    send_sync::<sealcache::LoadError<std::io::Error>>();
+}
