@@ -30,6 +30,9 @@ const SCRATCH_KEPT: usize = 8;
 const SCRATCH_MIN: usize = 4096 - 16;
 
 /// Counters of what the cache has done since it was built.
+///
+/// Every read (`get`, `with`, the first look of `get_or_try_load`) counts
+/// exactly once: as a hit, a miss, a negative hit, or an integrity failure.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Stats {
@@ -445,7 +448,8 @@ impl SealCache {
         }
     }
 
-    /// Removes the entry under `key`; returns whether there was one. A load
+    /// Removes the entry under `key`; returns whether there was one (an
+    /// expired entry not yet removed counts, as in [`len`](Self::len)). A load
     /// of `key` already in flight will return its value to its callers but
     /// not cache it: no `get` after this returns sees a value loaded before.
     pub fn invalidate<K: CacheKey + ?Sized>(&self, key: &K) -> bool {
