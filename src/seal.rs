@@ -295,6 +295,9 @@ impl Backend {
     }
 
     /// Raw XChaCha20-Poly1305 encryption of `in_out` in place; returns the tag.
+    /// Never inlined: its frame (where the subkey and ring's key schedule
+    /// live) must lie below the caller's, in the region `wipe_stack` clears.
+    #[inline(never)]
     fn seal_detached(
         self,
         key: &[u8; KEY_LEN],
@@ -310,6 +313,7 @@ impl Backend {
 
     /// Raw XChaCha20-Poly1305 authentication and decryption of `in_out` in
     /// place. On failure `in_out` may hold garbage; the caller wipes it.
+    #[inline(never)]
     fn open_detached(
         self,
         key: &[u8; KEY_LEN],
