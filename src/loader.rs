@@ -465,9 +465,17 @@ impl SealCache {
         let (shard, _) = self.store().locate(key);
         let mut map = self.flights().lock(shard);
         if let Some(flight) = map.get(key) {
-            let flight = Arc::clone(flight);
-            flight.lock().waiters += 1;
-            return Ok(Step::Join(flight));
+            if !self.flights().is_fenced(flight) {
+                let flight = Arc::clone(flight);
+                flight.lock().waiters += 1;
+                return Ok(Step::Join(flight));
+            }
+            // That flight is loading a value from before an invalidation:
+            // a caller arriving now must not receive it. Detach it (its
+            // leader will neither store nor find itself in the table) and
+            // load afresh.
+            map.remove(key);
+            self.flights().active.fetch_sub(1, Ordering::AcqRel);
         }
         // A flight may have finished between our read and this lock: look
         // again, under the lock that flights finish under.

@@ -523,3 +523,32 @@ fn a_cancelled_async_leader_hands_the_load_to_a_waiter() {
         assert_eq!(waiter.await.unwrap().unwrap(), b"second");
     });
 }
+
+#[test]
+fn a_caller_arriving_after_invalidate_never_receives_the_fenced_load() {
+    let clock = ManualClock::new();
+    let cache = cache(&clock);
+    let (handle, release) = blocked_load(&cache, "k", "read-before-rotation");
+    cache.invalidate("k");
+    // Arrives after the invalidation returned: it must run its own load,
+    // not wait for (and receive) the one that read the old value, which is
+    // still blocked.
+    let (tx, rx) = mpsc::channel();
+    let c = cache.clone();
+    let after = thread::spawn(move || {
+        let got = value(c.get_or_try_load("k", || Ok::<_, DbError>(Some("read-after-rotation"))));
+        tx.send(got).unwrap();
+    });
+    let got = rx.recv_timeout(Duration::from_secs(20));
+    release.wait();
+    after.join().unwrap();
+    let got = got.expect("the later caller waited on the fenced load instead of loading");
+    assert_eq!(got.unwrap(), b"read-after-rotation");
+    assert_eq!(handle.join().unwrap().unwrap(), b"read-before-rotation");
+    assert_eq!(
+        cache.get("k").unwrap().unwrap().expose_secret(),
+        b"read-after-rotation",
+        "the detached, fenced load stored nothing"
+    );
+    assert_eq!(cache.stats().loads, 2);
+}
