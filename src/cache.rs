@@ -6,6 +6,8 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use crossbeam_utils::CachePadded;
+
 use crate::clock::nanos;
 use crate::config::{Builder, Protection, Settings};
 use crate::error::Error;
@@ -24,8 +26,11 @@ pub const MAX_VALUE_LEN: usize = 16 * 1024 * 1024;
 
 /// Number of shards of the store (and stripes of the key lock).
 const SHARDS: usize = 64;
-/// Locked scratch buffers kept for [`SealCache::with`].
-const SCRATCH_KEPT: usize = 8;
+/// Stripes of the pool of locked scratch buffers for [`SealCache::with`]
+/// (picked by shard, so threads reading different keys rarely share one).
+const SCRATCH_STRIPES: usize = 8;
+/// Scratch buffers kept per stripe: at most `SCRATCH_STRIPES` locked pages.
+const SCRATCH_KEPT: usize = 1;
 /// Smallest locked scratch buffer: one page less the allocator's canary.
 const SCRATCH_MIN: usize = 4096 - 16;
 
@@ -79,7 +84,7 @@ pub(crate) struct Core {
     pub(crate) flights: Flights,
     pub(crate) load_counters: LoadCounters,
     protections: Protections,
-    scratch: Mutex<Vec<LockedBuf>>,
+    scratch: Box<[CachePadded<Mutex<Vec<LockedBuf>>>]>,
     /// Protections a scratch buffer for `with` could not get (BestEffort).
     scratch_missing: Mutex<Vec<ProtectionFailure>>,
     jitter: std::hash::RandomState,
@@ -181,7 +186,9 @@ impl SealCache {
             jitter: std::hash::RandomState::new(),
             jitter_counter: std::sync::atomic::AtomicU64::new(0),
             protections,
-            scratch: Mutex::new(Vec::new()),
+            scratch: (0..SCRATCH_STRIPES)
+                .map(|_| CachePadded::new(Mutex::new(Vec::new())))
+                .collect(),
             scratch_missing: Mutex::new(Vec::new()),
             settings,
         });
@@ -373,7 +380,8 @@ impl SealCache {
             .store
             .read(key, self.now(), grace, Tally::Count, |found| {
                 let len = seal::plaintext_len(found.sealed).ok_or(Error::Integrity)?;
-                let mut buf = self.take_scratch(len)?;
+                let stripe = found.shard;
+                let mut buf = self.take_scratch(stripe, len)?;
                 let opened =
                     core.keyring
                         .with_key(found.shard, found.key_id, |epoch, epoch_key| {
@@ -381,34 +389,36 @@ impl SealCache {
                                 .map_err(|_| Error::Integrity)
                         });
                 match opened {
-                    Ok(Some(Ok(()))) => Ok(Some((buf, len))),
+                    Ok(Some(Ok(()))) => Ok(Some((buf, len, stripe))),
                     Ok(None) => {
-                        self.return_scratch(buf, len);
+                        self.return_scratch(stripe, buf, len);
                         Ok(None)
                     }
                     Ok(Some(Err(err))) | Err(err) => {
-                        self.return_scratch(buf, len);
+                        self.return_scratch(stripe, buf, len);
                         Err(err)
                     }
                 }
             })?;
-        let (mut buf, len) = match read {
+        let (mut buf, len, stripe) = match read {
             Read::Hit(opened, _) => opened,
-            Read::Stale((buf, len)) => {
-                self.return_scratch(buf, len);
+            Read::Stale((buf, len, stripe)) => {
+                self.return_scratch(stripe, buf, len);
                 return Ok(None);
             }
             Read::Negative | Read::Miss => return Ok(None),
         };
         let result = f(buf.slice_mut(len));
-        self.return_scratch(buf, len);
+        self.return_scratch(stripe, buf, len);
         Ok(Some(result))
     }
 
-    fn take_scratch(&self, len: usize) -> Result<LockedBuf, Error> {
+    fn take_scratch(&self, stripe: usize, len: usize) -> Result<LockedBuf, Error> {
         let core = self.core();
         {
-            let mut pool = core.scratch.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut pool = core.scratch[stripe % SCRATCH_STRIPES]
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
             if let Some(pos) = pool.iter().position(|b| b.capacity() >= len) {
                 return Ok(pool.swap_remove(pos));
             }
@@ -436,11 +446,9 @@ impl SealCache {
     }
 
     /// Wipes the first `used` bytes of `buf` and keeps it for reuse.
-    fn return_scratch(&self, mut buf: LockedBuf, used: usize) {
+    fn return_scratch(&self, stripe: usize, mut buf: LockedBuf, used: usize) {
         buf.wipe_prefix(used);
-        let mut pool = self
-            .core()
-            .scratch
+        let mut pool = self.core().scratch[stripe % SCRATCH_STRIPES]
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         if pool.len() < SCRATCH_KEPT {
