@@ -26,8 +26,10 @@ pub const MAX_VALUE_LEN: usize = 16 * 1024 * 1024;
 
 /// Number of shards of the store (and stripes of the key lock).
 const SHARDS: usize = 64;
-/// Stripes of the pool of locked scratch buffers for [`SealCache::with`]
-/// (picked by shard, so threads reading different keys rarely share one).
+/// Stripes of the pool of locked scratch buffers for [`SealCache::with`].
+/// Each thread has a home stripe, so a buffer and its lock stay in one
+/// core's cache; a thread borrows from another stripe only when its own is
+/// empty.
 const SCRATCH_STRIPES: usize = 8;
 /// Scratch buffers kept per stripe: at most `SCRATCH_STRIPES` locked pages.
 const SCRATCH_KEPT: usize = 1;
@@ -380,7 +382,7 @@ impl SealCache {
             .store
             .read(key, self.now(), grace, Tally::Count, |found| {
                 let len = seal::plaintext_len(found.sealed).ok_or(Error::Integrity)?;
-                let stripe = found.shard;
+                let stripe = scratch_stripe();
                 let mut buf = self.take_scratch(stripe, len)?;
                 let opened =
                     core.keyring
@@ -415,11 +417,18 @@ impl SealCache {
 
     fn take_scratch(&self, stripe: usize, len: usize) -> Result<LockedBuf, Error> {
         let core = self.core();
-        {
-            let mut pool = core.scratch[stripe % SCRATCH_STRIPES]
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            if let Some(pos) = pool.iter().position(|b| b.capacity() >= len) {
+        // The entry's own stripe first, then any other that is free: a new
+        // locked buffer costs several system calls.
+        for offset in 0..SCRATCH_STRIPES {
+            let slot = &core.scratch[(stripe + offset) % SCRATCH_STRIPES];
+            let pool = if offset == 0 {
+                Some(slot.lock().unwrap_or_else(PoisonError::into_inner))
+            } else {
+                slot.try_lock().ok()
+            };
+            if let Some(mut pool) = pool
+                && let Some(pos) = pool.iter().position(|b| b.capacity() >= len)
+            {
                 return Ok(pool.swap_remove(pos));
             }
         }
@@ -448,12 +457,22 @@ impl SealCache {
     /// Wipes the first `used` bytes of `buf` and keeps it for reuse.
     fn return_scratch(&self, stripe: usize, mut buf: LockedBuf, used: usize) {
         buf.wipe_prefix(used);
-        let mut pool = self.core().scratch[stripe % SCRATCH_STRIPES]
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if pool.len() < SCRATCH_KEPT {
-            pool.push(buf);
+        let core = self.core();
+        for offset in 0..SCRATCH_STRIPES {
+            let slot = &core.scratch[(stripe + offset) % SCRATCH_STRIPES];
+            let pool = if offset == 0 {
+                Some(slot.lock().unwrap_or_else(PoisonError::into_inner))
+            } else {
+                slot.try_lock().ok()
+            };
+            if let Some(mut pool) = pool
+                && pool.len() < SCRATCH_KEPT
+            {
+                pool.push(buf);
+                return;
+            }
         }
+        // Every stripe is full: free it (dropping wipes it again).
     }
 
     /// Removes the entry under `key`; returns whether there was one (an
@@ -569,6 +588,16 @@ impl SealCache {
     pub(crate) fn core_for_hooks(&self) -> &Core {
         self.core()
     }
+}
+
+/// This thread's home stripe of the scratch pool (assigned round-robin on
+/// first use; an index, no data).
+fn scratch_stripe() -> usize {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    thread_local! {
+        static STRIPE: usize = NEXT.fetch_add(1, Ordering::Relaxed) % SCRATCH_STRIPES;
+    }
+    STRIPE.with(|stripe| *stripe)
 }
 
 fn load(counter: &std::sync::atomic::AtomicU64) -> u64 {
