@@ -77,7 +77,8 @@ impl Keyring {
     ) -> Result<(Self, Protections), Error> {
         let epoch_nanos = epoch_nanos.max(1);
         let live = key_life_nanos.div_ceil(epoch_nanos).saturating_add(2);
-        let live = usize::try_from(live).map_err(|_| Error::Random)?;
+        // At most ttl·2 / (ttl/64) + 2 = 130 with validated settings.
+        let live = usize::try_from(live).unwrap_or(usize::MAX);
         let needed = live.saturating_mul(KEY_LEN).saturating_add(CANARY_LEN);
         let len = needed.div_ceil(PAGE).saturating_mul(PAGE) - CANARY_LEN;
         let (slab, protections) = LockedSlab::allocate(len, backend).map_err(Error::Protection)?;
@@ -176,6 +177,8 @@ impl Keyring {
             return Err(Error::Random);
         }
         self.created.fetch_add(1, Ordering::Relaxed);
+        // The slot was just filled, so the key is there; should that ever not
+        // hold, refusing to seal is the safe answer.
         let key = key_at(guard.bytes(), guard.meta(), key_id).ok_or(Error::Random)?;
         Ok((f(epoch, key), key_id, Some(NewKey { key_id, deadline })))
     }

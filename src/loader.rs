@@ -373,6 +373,8 @@ impl SealCache {
                     fallback,
                     refresh,
                 } => {
+                    // A caller leads at most once (it returns right after),
+                    // so the loader is always still here.
                     let Some(loader) = loader.take() else {
                         return Err(LoadError::LoaderPanicked);
                     };
@@ -421,6 +423,7 @@ impl SealCache {
                     fallback,
                     refresh,
                 } => {
+                    // As in the blocking form: a caller leads at most once.
                     let Some(loader) = loader.take() else {
                         return Err(LoadError::LoaderPanicked);
                     };
