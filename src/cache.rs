@@ -3,7 +3,7 @@
 
 use std::fmt;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use crossbeam_utils::CachePadded;
@@ -415,20 +415,25 @@ impl SealCache {
         Ok(Some(result))
     }
 
-    fn take_scratch(&self, stripe: usize, len: usize) -> Result<LockedBuf, Error> {
-        let core = self.core();
-        // The entry's own stripe first, then any other that is free: a new
-        // locked buffer costs several system calls.
-        for offset in 0..SCRATCH_STRIPES {
-            let slot = &core.scratch[(stripe + offset) % SCRATCH_STRIPES];
-            let pool = if offset == 0 {
+    /// The scratch pools to try: the thread's home stripe first (waiting for
+    /// its lock), then every other stripe whose lock is free.
+    fn scratch_pools(&self, home: usize) -> impl Iterator<Item = MutexGuard<'_, Vec<LockedBuf>>> {
+        let pools = &self.core().scratch;
+        (0..SCRATCH_STRIPES).filter_map(move |offset| {
+            let slot = &pools[(home + offset) % SCRATCH_STRIPES];
+            if offset == 0 {
                 Some(slot.lock().unwrap_or_else(PoisonError::into_inner))
             } else {
                 slot.try_lock().ok()
-            };
-            if let Some(mut pool) = pool
-                && let Some(pos) = pool.iter().position(|b| b.capacity() >= len)
-            {
+            }
+        })
+    }
+
+    fn take_scratch(&self, stripe: usize, len: usize) -> Result<LockedBuf, Error> {
+        let core = self.core();
+        // A new locked buffer costs several system calls: borrow first.
+        for mut pool in self.scratch_pools(stripe) {
+            if let Some(pos) = pool.iter().position(|b| b.capacity() >= len) {
                 return Ok(pool.swap_remove(pos));
             }
         }
@@ -457,17 +462,8 @@ impl SealCache {
     /// Wipes the first `used` bytes of `buf` and keeps it for reuse.
     fn return_scratch(&self, stripe: usize, mut buf: LockedBuf, used: usize) {
         buf.wipe_prefix(used);
-        let core = self.core();
-        for offset in 0..SCRATCH_STRIPES {
-            let slot = &core.scratch[(stripe + offset) % SCRATCH_STRIPES];
-            let pool = if offset == 0 {
-                Some(slot.lock().unwrap_or_else(PoisonError::into_inner))
-            } else {
-                slot.try_lock().ok()
-            };
-            if let Some(mut pool) = pool
-                && pool.len() < SCRATCH_KEPT
-            {
+        for mut pool in self.scratch_pools(stripe) {
+            if pool.len() < SCRATCH_KEPT {
                 pool.push(buf);
                 return;
             }
