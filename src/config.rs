@@ -90,7 +90,9 @@ pub enum ConfigError {
     Env {
         /// The variable, e.g. `SEALCACHE_TTL_SECS`.
         variable: &'static str,
-        /// The value as read (lossily converted, at most 64 characters).
+        /// The value as read (lossily converted, at most 64 characters),
+        /// echoed so the operator sees what was wrong. These variables hold
+        /// a TTL and a count, never a secret.
         value: String,
         /// What was wrong with it.
         problem: ValueProblem,
