@@ -22,9 +22,10 @@
 //!   to build a cache without them.
 //! - **Exact expiry, self-shredding keys.** An entry inserted at `t` is never
 //!   returned at or after `t + ttl`. The key of epoch `e` is wiped by a
-//!   dedicated reaper thread at `end(e) + ttl`, with no cache traffic, so a
-//!   copy of an expired entry's ciphertext is undecryptable at most one
-//!   epoch (TTL/4 by default) after the entry expired.
+//!   dedicated reaper thread at `end(e) + ttl` (plus `max_stale` when
+//!   stale-if-error is on), with no cache traffic, so a copy of an expired
+//!   entry's ciphertext is undecryptable at most one epoch (TTL/4 by
+//!   default) after the entry expired.
 //!   [`SealCache::invalidate_all`] shreds every key at once.
 //! - **Plaintext on a short leash.** [`SealCache::get`] returns
 //!   [`SecretBytes`] (exact-size, zeroized on drop, redacted `Debug`,
@@ -44,8 +45,13 @@
 //!   what the compiler keeps in registers or spills elsewhere is not
 //!   guaranteed.
 //!
+//! Out of scope: process-wide hardening the library must not impose
+//! (dumpability, core limits: see the opt-in [`harden_process`]), swap and
+//! hibernation policy, and platforms other than Linux.
+//!
 //! The claims, their attackers and the tests that prove them are listed in
-//! `THREAT_MODEL.md` and `SECURITY.md` at the repository root.
+//! `THREAT_MODEL.md` and `SECURITY.md` at the repository root; the design
+//! rationale is in [`manual`].
 //!
 //! ## Example
 //!
