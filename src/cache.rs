@@ -47,7 +47,8 @@ pub struct Stats {
     pub hits: u64,
     /// Reads that found no live entry.
     pub misses: u64,
-    /// Values inserted (including replacements).
+    /// Values stored (including replacements, loaded values and cached
+    /// "not found" entries).
     pub inserts: u64,
     /// Live entries evicted to keep the size bound.
     pub evictions: u64,

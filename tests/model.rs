@@ -51,9 +51,41 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
+/// Configurations: a quarter with both loader knobs off (the high bits of
+/// the configuration bytes clear), the rest with arbitrary bytes, where
+/// `negative_ttl` and `max_stale` are each on in three cases out of four.
 fn config() -> impl Strategy<Value = Config> {
-    (any::<u8>(), any::<u8>(), any::<u8>())
-        .prop_map(|(ttl, epochs, max)| Config::from_raw(ttl, epochs, max))
+    prop_oneof![
+        1 => (any::<u8>(), any::<u8>(), any::<u8>())
+            .prop_map(|(ttl, epochs, max)| Config::from_raw(ttl % 4, epochs % 8, max)),
+        3 => (any::<u8>(), any::<u8>(), any::<u8>())
+            .prop_map(|(ttl, epochs, max)| Config::from_raw(ttl, epochs, max)),
+    ]
+}
+
+/// Operations weighted towards the loader knobs: more loads that report
+/// "not found" or fail, and more landings on expiries and stale-grace ends
+/// (`ToExpiry` with bit 7 of `entry` set).
+fn knob_op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        3 => op(),
+        2 => (key(), prop_oneof![Just(Loader::NotFound), Just(Loader::Fail)])
+            .prop_map(|(key, loader)| Op::Load { key, loader }),
+        2 => (any::<u8>(), offset()).prop_map(|(entry, offset)| Op::ToExpiry { entry, offset }),
+    ]
+}
+
+/// Configurations with both loader knobs on.
+fn knob_config() -> impl Strategy<Value = Config> {
+    (any::<u8>(), 1u8..7, any::<u8>(), 1u8..7, any::<u8>()).prop_map(
+        |(ttl, negative, epochs, stale, max)| {
+            Config::from_raw(
+                (ttl % 4) | (negative << 2),
+                (epochs % 8) | (stale << 3),
+                max,
+            )
+        },
+    )
 }
 
 proptest! {
@@ -62,6 +94,17 @@ proptest! {
     /// The cache behaves exactly like the model on every sequence.
     #[test]
     fn cache_matches_the_reference_model(config in config(), ops in vec(op(), 1..48)) {
+        Harness::run(config, &ops);
+    }
+
+    /// The same with `negative_ttl` and `max_stale` both on and operations
+    /// that exercise them.
+    #[test]
+    fn cache_matches_the_model_with_loader_knobs(
+        config in knob_config(),
+        ops in vec(knob_op(), 1..48),
+    ) {
+        prop_assert!(config.negative_ttl.is_some() && config.max_stale > 0);
         Harness::run(config, &ops);
     }
 }
@@ -234,6 +277,7 @@ fn a_scripted_run_through_every_operation() {
 fn cache_ops_fuzz_seeds_replay() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/cache_ops");
     let mut replayed = 0;
+    let (mut negative_hits, mut stale_served) = (0, 0);
     for entry in std::fs::read_dir(&dir).expect("fuzz/corpus/cache_ops exists") {
         let path = entry.expect("readable").path();
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
@@ -243,10 +287,21 @@ fn cache_ops_fuzz_seeds_replay() {
         let bytes = std::fs::read(&path).expect("readable seed");
         let (config, ops) = model::decode(&bytes);
         assert!(!ops.is_empty(), "{name} decodes to operations");
-        Harness::run(config, &ops);
+        let mut harness = Harness::new(config);
+        ops.iter()
+            .take(model::MAX_OPS)
+            .for_each(|op| harness.apply(op));
+        let stats = harness.cache.stats();
+        negative_hits += stats.negative_hits;
+        stale_served += stats.stale_served;
+        harness.finish();
         replayed += 1;
     }
     assert!(replayed >= 5, "only {replayed} seeds in {}", dir.display());
+    assert!(
+        negative_hits > 0 && stale_served > 0,
+        "the seeds reach the loader knobs ({negative_hits} negative hits, {stale_served} stale served)"
+    );
 }
 
 /// Regression (found by `cache_ops`, a harness bug): flipping the same bits
@@ -292,4 +347,171 @@ fn tampering_twice_with_the_same_mask_restores_the_entry() {
         Op::With { key: 3 },
     ];
     Harness::run(Config::DEFAULT, &ops);
+}
+
+/// The knobs live in bits every committed seed leaves clear: old inputs
+/// keep their configuration, with both knobs off.
+#[test]
+fn config_bytes_without_high_bits_leave_the_knobs_off() {
+    for ttl in 0..4 {
+        for epochs in 0..8 {
+            for max in [0, 1, 7, 255] {
+                let config = Config::from_raw(ttl, epochs, max);
+                assert_eq!(config.negative_ttl, None);
+                assert_eq!(config.max_stale, 0);
+            }
+        }
+    }
+    let on = Config::from_raw(3 | (4 << 2), 3 | (4 << 3), 3);
+    assert_eq!(
+        (on.ttl_secs, on.epochs_per_ttl, on.max_entries),
+        (4, 4, 4),
+        "the low bits still pick TTL, epoch and bound"
+    );
+    assert_eq!((on.negative_ttl, on.max_stale), (Some(SEC), SEC));
+}
+
+/// A scripted run through negative caching: a "not found" is cached for
+/// `negative_ttl` (negative hits, no loader call, an LRU slot), replaced by
+/// an insert, and gone at its expiry.
+#[test]
+fn a_scripted_run_through_negative_ttl() {
+    let config = Config {
+        negative_ttl: Some(SEC),
+        ..Config::DEFAULT
+    };
+    let ops = [
+        Op::Insert { key: 0, len: 4 },
+        Op::ToExpiry {
+            entry: 0,
+            offset: Offset::At,
+        },
+        Op::Load {
+            key: 0,
+            loader: Loader::NotFound,
+        },
+        Op::Get { key: 0 },
+        Op::With { key: 0 },
+        Op::Load {
+            key: 0,
+            loader: Loader::Fail,
+        },
+        Op::Tamper {
+            key: 0,
+            position: 3,
+            mask: 1,
+        },
+        Op::Load {
+            key: 0,
+            loader: Loader::Found(3),
+        },
+        Op::Insert { key: 1, len: 1 },
+        Op::Insert { key: 2, len: 1 },
+        Op::Insert { key: 3, len: 1 },
+        Op::Get { key: 0 },
+        Op::Insert { key: 4, len: 1 },
+        Op::Get { key: 1 },
+        Op::Load {
+            key: 5,
+            loader: Loader::NotFound,
+        },
+        Op::ToExpiry {
+            entry: 3,
+            offset: Offset::Before,
+        },
+        Op::Get { key: 5 },
+        Op::ToExpiry {
+            entry: 3,
+            offset: Offset::At,
+        },
+        Op::Load {
+            key: 5,
+            loader: Loader::NotFound,
+        },
+        Op::Insert { key: 5, len: 2 },
+        Op::Get { key: 5 },
+        Op::Load {
+            key: 6,
+            loader: Loader::NotFound,
+        },
+        Op::AdvanceSecs { secs: 30 },
+        Op::Get { key: 6 },
+    ];
+    let mut harness = Harness::new(config);
+    ops.iter().for_each(|op| harness.apply(op));
+    let stats = harness.cache.stats();
+    assert_eq!(
+        stats.negative_hits, 6,
+        "four reads of key 0, two more later"
+    );
+    assert_eq!(stats.stale_served, 0);
+    harness.finish();
+}
+
+/// A scripted run through stale-if-error: an expired entry within
+/// `max_stale` is a kept miss for `get`/`with`, served when a reload fails,
+/// replaced when it succeeds, removed on "not found" and at the grace end.
+#[test]
+fn a_scripted_run_through_max_stale() {
+    let config = Config {
+        max_stale: SEC,
+        ..Config::DEFAULT
+    };
+    let ops = [
+        Op::Insert { key: 0, len: 4 },
+        Op::Insert { key: 1, len: 5 },
+        Op::Insert { key: 2, len: 6 },
+        Op::ToExpiry {
+            entry: 0,
+            offset: Offset::At,
+        },
+        Op::Get { key: 0 },
+        Op::With { key: 0 },
+        Op::Load {
+            key: 0,
+            loader: Loader::Fail,
+        },
+        Op::Load {
+            key: 1,
+            loader: Loader::NotFound,
+        },
+        Op::Load {
+            key: 2,
+            loader: Loader::Found(2),
+        },
+        Op::Get { key: 2 },
+        Op::Insert { key: 3, len: 1 },
+        Op::Insert { key: 4, len: 1 },
+        Op::ToExpiry {
+            entry: 0x80,
+            offset: Offset::Before,
+        },
+        Op::Load {
+            key: 0,
+            loader: Loader::Fail,
+        },
+        Op::ToExpiry {
+            entry: 0x80,
+            offset: Offset::At,
+        },
+        Op::Load {
+            key: 0,
+            loader: Loader::Fail,
+        },
+        Op::ToDeadline {
+            key: 0,
+            offset: Offset::Before,
+        },
+        Op::ToDeadline {
+            key: 0,
+            offset: Offset::At,
+        },
+        Op::Get { key: 3 },
+    ];
+    let mut harness = Harness::new(config);
+    ops.iter().for_each(|op| harness.apply(op));
+    let stats = harness.cache.stats();
+    assert_eq!(stats.stale_served, 2, "two failed reloads inside the grace");
+    assert_eq!(stats.negative_hits, 0);
+    harness.finish();
 }

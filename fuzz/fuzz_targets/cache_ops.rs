@@ -6,9 +6,18 @@
 //! `tests/common/model.rs`. Any divergence in a returned value, in expiry,
 //! in LRU eviction, in `len()` or in the statistics panics.
 //!
+//! With the opt-in loader knobs `negative_ttl` (cached "not found":
+//! negative hits, no loader call) and `max_stale` (stale-if-error within a
+//! grace period, longer key deadlines) when the configuration turns them on.
+//!
 //! Input format (see `fuzz/README.md`): three configuration bytes (TTL,
 //! epochs per TTL, max entries), then operations of one tag byte and fixed
-//! arguments each; at most 256 operations.
+//! arguments each; at most 256 operations. The knobs come from the high
+//! bits of the first two bytes (`(b0 >> 2) % 8` picks `negative_ttl`,
+//! `(b1 >> 3) % 8` picks `max_stale`; 0 and 7 are off), so inputs with
+//! `b0 < 4` and `b1 < 8`, like the older seeds, run with both off. A
+//! `ToExpiry` whose entry byte has bit 7 set lands on the end of the stale
+//! grace instead of the expiry.
 
 #![no_main]
 

@@ -6,7 +6,9 @@
 //! this file by path). The model is written from the semantics in the API
 //! notes, not from the implementation: a plain `Vec` of entries with exact
 //! expiry (`t + ttl`), one global recency counter for exact LRU, and a list
-//! of epoch keys with their deadlines (`(e + 1) * R + ttl`). Any divergence
+//! of epoch keys with their deadlines (`(e + 1) * R + ttl + max_stale`), and
+//! the two opt-in loader knobs `negative_ttl` (cached "not found" entries)
+//! and `max_stale` (stale-if-error within a grace period). Any divergence
 //! in a returned value, in `len()` or in the statistics panics with the
 //! operation that caused it.
 //!
@@ -39,6 +41,10 @@ pub struct Config {
     pub epochs_per_ttl: u32,
     /// Bound on the number of entries, 1..=8.
     pub max_entries: usize,
+    /// `Builder::negative_ttl` in nanoseconds (1 ms..=ttl), or off.
+    pub negative_ttl: Option<u64>,
+    /// `Builder::max_stale` in nanoseconds (0..=ttl; 0 is off).
+    pub max_stale: u64,
 }
 
 impl Config {
@@ -47,15 +53,46 @@ impl Config {
         ttl_secs: 4,
         epochs_per_ttl: 4,
         max_entries: 4,
+        negative_ttl: None,
+        max_stale: 0,
     };
 
     /// Builds a config from arbitrary numbers, folding each into its range.
+    ///
+    /// The low bits pick TTL (`ttl % 4`), epoch (`epochs % 8`) and bound
+    /// (`max_entries % 8`) as they always did; the loader knobs come from
+    /// bits that used to be ignored, so a byte below 4 (TTL) or 8 (epochs)
+    /// leaves them off: `(ttl >> 2) % 8` picks `negative_ttl`, `(epochs >> 3)
+    /// % 8` picks `max_stale` (0 and 7 are off for both).
     pub fn from_raw(ttl: u8, epochs: u8, max_entries: u8) -> Self {
         const EPOCHS: [u32; 8] = [1, 2, 3, 4, 4, 7, 16, 64];
+        const MS: u64 = 1_000_000;
+        let ttl_secs = u64::from(ttl % 4) + 1;
+        let t = ttl_secs * SEC;
+        let negative_ttl = match (ttl >> 2) % 8 {
+            0 | 7 => None,
+            1 => Some(MS),
+            2 => Some(100 * MS),
+            3 => Some(SEC - 1),
+            4 => Some(SEC),
+            5 => Some(t / 2),
+            _ => Some(t),
+        };
+        let max_stale = match (epochs >> 3) % 8 {
+            0 | 7 => 0,
+            1 => 1,
+            2 => MS,
+            3 => SEC / 2,
+            4 => SEC,
+            5 => t / 2,
+            _ => t,
+        };
         Self {
-            ttl_secs: u64::from(ttl % 4) + 1,
+            ttl_secs,
             epochs_per_ttl: EPOCHS[usize::from(epochs % 8)],
             max_entries: usize::from(max_entries % 8) + 1,
+            negative_ttl,
+            max_stale,
         }
     }
 }
@@ -121,8 +158,10 @@ pub enum Op {
     Advance { nanos: u64 },
     /// `clock.advance(secs s)`: a large step.
     AdvanceSecs { secs: u16 },
-    /// Advance to just before, at or after the expiry of the `entry`-th
-    /// held entry (in model order); nothing if that instant has passed.
+    /// Advance to just before, at or after the expiry of the `entry % len`-th
+    /// held entry (in model order), or, if bit 7 of `entry` is set, the end
+    /// of its stale grace (expiry + `max_stale`; the same instant when
+    /// `max_stale` is off); nothing if that instant has passed.
     ToExpiry { entry: u8, offset: Offset },
     /// Advance to just before, at or after the deadline of the `key`-th
     /// live epoch key; nothing if that instant has passed.
@@ -165,6 +204,9 @@ struct Entry {
     expires: u64,
     key_id: u64,
     tick: u64,
+    /// A cached "not found" (`negative_ttl`): no value, no key, no sealed
+    /// bytes.
+    negative: bool,
     /// Bits flipped in the stored sealed bytes, per position (all zero:
     /// intact; flipping the same bits twice restores the entry).
     damage: Vec<u8>,
@@ -196,6 +238,8 @@ pub struct ModelStats {
     pub live_keys: u64,
     pub loads: u64,
     pub load_errors: u64,
+    pub negative_hits: u64,
+    pub stale_served: u64,
 }
 
 impl ModelStats {
@@ -212,6 +256,8 @@ impl ModelStats {
             live_keys: stats.live_keys,
             loads: stats.loads,
             load_errors: stats.load_errors,
+            negative_hits: stats.negative_hits,
+            stale_served: stats.stale_served,
         }
     }
 }
@@ -225,6 +271,10 @@ pub enum Found {
     Nothing,
     /// A live entry that fails authentication (it is dropped).
     Corrupt,
+    /// A live cached "not found" (a negative hit).
+    Negative,
+    /// An entry past its expiry but within `max_stale` (a miss, kept).
+    Stale(Vec<u8>),
 }
 
 /// The reference model.
@@ -233,6 +283,8 @@ pub struct Model {
     ttl: u64,
     epoch: u64,
     max_entries: usize,
+    negative_ttl: Option<u64>,
+    max_stale: u64,
     now: u64,
     entries: Vec<Entry>,
     keys: Vec<EpochKey>,
@@ -250,6 +302,8 @@ impl Model {
             ttl,
             epoch,
             max_entries,
+            negative_ttl: None,
+            max_stale: 0,
             now: 0,
             entries: Vec::new(),
             keys: Vec::new(),
@@ -258,6 +312,13 @@ impl Model {
             tick: 0,
             stats: ModelStats::default(),
         }
+    }
+
+    /// The model with the loader knobs set (nanoseconds).
+    pub fn with_knobs(mut self, negative_ttl: Option<u64>, max_stale: u64) -> Self {
+        self.negative_ttl = negative_ttl;
+        self.max_stale = max_stale;
+        self
     }
 
     /// Entries held (expired ones included until something removes them).
@@ -295,7 +356,7 @@ impl Model {
         self.next_key_id += 1;
         self.keys.push(EpochKey {
             id,
-            deadline: (epoch + 1) * self.epoch + self.ttl,
+            deadline: (epoch + 1) * self.epoch + self.ttl + self.max_stale,
         });
         self.current = Some((epoch, id));
         self.stats.keys_created += 1;
@@ -305,28 +366,40 @@ impl Model {
     /// `insert(key, value)` now.
     pub fn insert(&mut self, key: u8, value: Vec<u8>) {
         let key_id = self.current_key();
-        let tick = self.next_tick();
         let expires = self.now + self.ttl;
-        self.stats.inserts += 1;
-        if let Some(i) = self.position(key) {
-            self.entries[i] = Entry {
-                key,
-                value,
-                expires,
-                key_id,
-                tick,
-                damage: Vec::new(),
-            };
-            return;
+        self.store(key, value, expires, key_id, false);
+    }
+
+    /// A loader's "not found" that was not fenced: any entry for `key` is
+    /// removed, and with `negative_ttl` a negative entry is stored as a new
+    /// most recently used entry (an insert, which may evict).
+    pub fn load_not_found(&mut self, key: u8) {
+        self.invalidate(key);
+        if let Some(negative_ttl) = self.negative_ttl {
+            let expires = self.now + negative_ttl;
+            self.store(key, Vec::new(), expires, 0, true);
         }
-        self.entries.push(Entry {
+    }
+
+    /// Stores an entry as the most recently used, replacing any under
+    /// `key`; evicts the least recently used entry beyond the bound.
+    fn store(&mut self, key: u8, value: Vec<u8>, expires: u64, key_id: u64, negative: bool) {
+        let tick = self.next_tick();
+        self.stats.inserts += 1;
+        let entry = Entry {
             key,
             value,
             expires,
             key_id,
             tick,
+            negative,
             damage: Vec::new(),
-        });
+        };
+        if let Some(i) = self.position(key) {
+            self.entries[i] = entry;
+            return;
+        }
+        self.entries.push(entry);
         if self.entries.len() > self.max_entries {
             let (lru, _) = self
                 .entries
@@ -349,16 +422,32 @@ impl Model {
             self.stats.misses += 1;
             return Found::Nothing;
         };
-        if self.now >= self.entries[i].expires {
+        let entry = &self.entries[i];
+        let past = self.now >= entry.expires;
+        // Negative entries get no grace; others are kept (stale) until
+        // `max_stale` past their expiry.
+        if past && (entry.negative || self.now - entry.expires >= self.max_stale) {
             self.entries.remove(i);
             self.stats.misses += 1;
             self.stats.expirations += 1;
             return Found::Nothing;
         }
-        if self.entries[i].corrupt() {
+        if entry.negative {
+            // A live negative entry: refreshed in recency like a hit.
+            let tick = self.next_tick();
+            self.entries[i].tick = tick;
+            self.stats.negative_hits += 1;
+            return Found::Negative;
+        }
+        if entry.corrupt() {
             self.entries.remove(i);
             self.stats.integrity_failures += 1;
             return Found::Corrupt;
+        }
+        if past {
+            // Stale: a miss, kept, recency untouched.
+            self.stats.misses += 1;
+            return Found::Stale(entry.value.clone());
         }
         let tick = self.next_tick();
         self.entries[i].tick = tick;
@@ -412,6 +501,10 @@ impl Model {
         let Some(i) = self.position(key) else {
             return false;
         };
+        if self.entries[i].negative {
+            // No sealed bytes to flip.
+            return true;
+        }
         let sealed_len = self.entries[i].value.len() + testing::SEAL_OVERHEAD;
         let damage = &mut self.entries[i].damage;
         damage.resize(sealed_len, 0);
@@ -421,8 +514,28 @@ impl Model {
 
     /// Sealed length of `key`'s stored entry, if held.
     pub fn sealed_len(&self, key: u8) -> Option<usize> {
-        self.position(key)
-            .map(|i| self.entries[i].value.len() + testing::SEAL_OVERHEAD)
+        self.position(key).map(|i| {
+            let entry = &self.entries[i];
+            if entry.negative {
+                0
+            } else {
+                entry.value.len() + testing::SEAL_OVERHEAD
+            }
+        })
+    }
+
+    /// The end of the stale grace of the `index`-th held entry (wrapping):
+    /// its expiry, plus `max_stale` unless it is a negative entry.
+    pub fn stale_end_of(&self, index: u8) -> Option<u64> {
+        if self.entries.is_empty() {
+            return None;
+        }
+        let entry = &self.entries[usize::from(index) % self.entries.len()];
+        Some(if entry.negative {
+            entry.expires
+        } else {
+            entry.expires + self.max_stale
+        })
     }
 
     /// The expiry of the `index`-th held entry (wrapping), if any.
@@ -458,7 +571,8 @@ pub struct Harness {
     pub model: Model,
     /// Values made so far (serial numbers of fresh secrets).
     serial: u64,
-    /// Reads that returned `Ok` (each counts one hit or one miss).
+    /// Reads that returned `Ok` and counted one hit or one miss (negative
+    /// hits count in neither).
     reads: u64,
     /// Operations applied.
     step: usize,
@@ -469,17 +583,25 @@ impl Harness {
     pub fn new(config: Config) -> Self {
         let clock = ManualClock::new();
         let ttl = Duration::from_secs(config.ttl_secs);
-        let cache = SealCache::builder()
+        let mut builder = SealCache::builder()
             .ttl(ttl)
             .epoch_length(ttl / config.epochs_per_ttl)
             .max_entries(config.max_entries)
-            .clock(clock.clone())
+            .clock(clock.clone());
+        if let Some(negative_ttl) = config.negative_ttl {
+            builder = builder.negative_ttl(Duration::from_nanos(negative_ttl));
+        }
+        if config.max_stale > 0 {
+            builder = builder.max_stale(Duration::from_nanos(config.max_stale));
+        }
+        let cache = builder
             .build()
             .expect("a cache builds with every protection on this machine");
         let epoch = u64::try_from(cache.epoch_length().as_nanos()).expect("small");
         assert_eq!(cache.ttl(), ttl);
         assert_eq!(cache.max_entries(), config.max_entries);
-        let model = Model::new(config.ttl_secs * SEC, epoch, config.max_entries);
+        let model = Model::new(config.ttl_secs * SEC, epoch, config.max_entries)
+            .with_knobs(config.negative_ttl, config.max_stale);
         Self {
             clock,
             cache,
@@ -563,7 +685,12 @@ impl Harness {
             Op::Advance { nanos } => self.advance(nanos % (8 * SEC)),
             Op::AdvanceSecs { secs } => self.advance(u64::from(secs) * SEC),
             Op::ToExpiry { entry, offset } => {
-                if let Some(expiry) = self.model.expiry_of(entry) {
+                let instant = if entry & 0x80 == 0 {
+                    self.model.expiry_of(entry)
+                } else {
+                    self.model.stale_end_of(entry)
+                };
+                if let Some(expiry) = instant {
                     let target = offset.apply(expiry);
                     if target >= self.model.now() {
                         self.advance(target - self.model.now());
@@ -590,7 +717,7 @@ impl Harness {
                 let at = self
                     .model
                     .sealed_len(key % KEYS)
-                    .map(|len| usize::from(position) % len);
+                    .and_then(|len| usize::from(position).checked_rem(len));
                 let mut seen_len = None;
                 let real = testing::tamper(&self.cache, key_name(key).as_bytes(), |sealed| {
                     seen_len = Some(sealed.len());
@@ -619,10 +746,17 @@ impl Harness {
             _ => unreachable!("only reads"),
         };
         let expected = self.model.read(key % KEYS);
+        // Negative and stale entries read as nothing; only a negative hit
+        // is not a hit or a miss.
+        let counted = expected != Found::Negative;
+        let expected = match expected {
+            Found::Negative | Found::Stale(_) => Found::Nothing,
+            other => other,
+        };
         match (real, expected) {
             (Err(Error::Integrity), Found::Corrupt) => {}
             (Ok(found), expected) => {
-                self.reads += 1;
+                self.reads += u64::from(counted);
                 assert_eq!(
                     found,
                     expected,
@@ -653,10 +787,12 @@ impl Harness {
             }
         });
         let expected = self.model.read(key % KEYS);
-        let expected_calls = usize::from(expected == Found::Nothing);
+        let expected_calls = usize::from(matches!(expected, Found::Nothing | Found::Stale(_)));
         assert_eq!(called, expected_calls, "step {step} {op:?}: loader calls");
         match (real, expected) {
             (Err(LoadError::Cache(Error::Integrity)), Found::Corrupt) => {}
+            // A negative hit: "not found" without a load, not a hit or miss.
+            (Ok(None), Found::Negative) => {}
             (Ok(Some(secret)), Found::Value(value)) => {
                 self.reads += 1;
                 assert_eq!(
@@ -665,9 +801,13 @@ impl Harness {
                     "step {step} {op:?}: cached value"
                 );
             }
-            (real, Found::Nothing) => {
+            (real, expected @ (Found::Nothing | Found::Stale(_))) => {
                 self.reads += 1;
                 self.model.stats.loads += 1;
+                let stale = match expected {
+                    Found::Stale(old) => Some(old),
+                    _ => None,
+                };
                 match (real, loader, fresh) {
                     (Ok(Some(secret)), Loader::Found(_), Some(value)) => {
                         assert_eq!(
@@ -678,9 +818,20 @@ impl Harness {
                         self.model.insert(key % KEYS, value);
                     }
                     (Ok(None), Loader::NotFound, _) => {
-                        self.model.invalidate(key % KEYS);
+                        self.model.load_not_found(key % KEYS);
                     }
-                    (Err(LoadError::Loader(err)), Loader::Fail, _) => {
+                    // Stale-if-error: the old value instead of the error;
+                    // the stale entry stays as it was.
+                    (Ok(Some(secret)), Loader::Fail, _) if stale.is_some() => {
+                        assert_eq!(
+                            Some(secret.expose_secret()),
+                            stale.as_deref(),
+                            "step {step} {op:?}: stale value served"
+                        );
+                        self.model.stats.load_errors += 1;
+                        self.model.stats.stale_served += 1;
+                    }
+                    (Err(LoadError::Loader(err)), Loader::Fail, _) if stale.is_none() => {
                         assert_eq!(*err, LoaderFailed(serial), "step {step} {op:?}");
                         self.model.stats.load_errors += 1;
                     }
@@ -724,13 +875,8 @@ impl Harness {
         );
         assert!(stats.reaper_alive, "step {step}: reaper alive");
         assert_eq!(
-            (
-                stats.coalesced_waits,
-                stats.negative_hits,
-                stats.refreshes,
-                stats.stale_served
-            ),
-            (0, 0, 0, 0),
+            (stats.coalesced_waits, stats.refreshes),
+            (0, 0),
             "step {step} {op:?}: features that are off stay at zero"
         );
     }
@@ -784,7 +930,10 @@ impl<'a> ByteReader<'a> {
 
 /// Decodes a `cache_ops` fuzz input (the format is in `fuzz/README.md`):
 /// three configuration bytes, then operations of one tag byte (`tag % 13`)
-/// and fixed-size arguments each, at most [`MAX_OPS`].
+/// and fixed-size arguments each, at most [`MAX_OPS`]. The loader knobs
+/// live in the high bits of the first two configuration bytes (see
+/// [`Config::from_raw`]); inputs whose bytes 0 and 1 are below 4 and 8
+/// run with both knobs off, as before.
 pub fn decode(data: &[u8]) -> (Config, Vec<Op>) {
     let mut r = ByteReader::new(data);
     let config = Config::from_raw(r.u8(), r.u8(), r.u8());
