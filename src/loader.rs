@@ -205,17 +205,10 @@ impl Flights {
     /// Fences the flight of `key` (if any) and runs `then` under the same
     /// lock, so a load that finishes later cannot store a value from before.
     pub(crate) fn fence<R>(&self, shard: usize, key: &[u8], then: impl FnOnce() -> R) -> R {
-        if self.active.load(Ordering::Acquire) == 0 {
-            // No flight anywhere: nothing to fence. A flight that starts
-            // after this load of `active` starts after `then` as well, as
-            // seen by its own re-check under the shard lock.
-            let map = self.lock(shard);
-            let result = then();
-            drop(map);
-            return result;
-        }
         let map = self.lock(shard);
-        if let Some(flight) = map.get(key) {
+        if self.active.load(Ordering::Acquire) > 0
+            && let Some(flight) = map.get(key)
+        {
             flight.lock().fenced = true;
         }
         let result = then();
