@@ -89,7 +89,8 @@ impl EntryBuf {
         self.0.get(self.key_end()..).unwrap_or_default()
     }
 
-    /// The sealed value, for sealing into.
+    /// The sealed value, for tampering with in tests.
+    #[cfg(any(test, feature = "test-hooks"))]
     pub(crate) fn sealed_mut(&mut self) -> &mut [u8] {
         let start = self.key_end();
         self.0.get_mut(start..).unwrap_or_default()
