@@ -13,7 +13,7 @@ use crate::config::{Builder, Protection, Settings};
 use crate::error::Error;
 use crate::keyring::Keyring;
 use crate::loader::{Flights, LoadCounters};
-use crate::memory::{LockedBuf, ProtectionFailure, ProtectionKind, Protections};
+use crate::memory::{LockedBuf, ProtectionFailure, Protections};
 use crate::reaper::{Reaper, Wipe};
 use crate::seal;
 use crate::secret::{CacheKey, SecretBytes, SecretValue};
@@ -542,14 +542,7 @@ impl SealCache {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         for failure in degraded.iter() {
-            match failure.kind {
-                ProtectionKind::Mlock => report.mlock = false,
-                ProtectionKind::NoDump => report.no_dump = false,
-                ProtectionKind::GuardPages => report.guard_pages = false,
-                ProtectionKind::ForkWipe => report.fork_wipe = false,
-                _ => {}
-            }
-            report.failures.push(*failure);
+            report.mark_missing(*failure);
         }
         report
     }
@@ -604,12 +597,5 @@ fn load(counter: &std::sync::atomic::AtomicU64) -> u64 {
 /// The first baseline protection that is not active, as a failure to report.
 fn first_missing(protections: &Protections) -> Option<ProtectionFailure> {
     let kind = *protections.missing().first()?;
-    Some(
-        protections
-            .failures
-            .iter()
-            .find(|failure| failure.kind == kind)
-            .cloned()
-            .unwrap_or(ProtectionFailure { kind, errno: None }),
-    )
+    Some(protections.failure_of(kind))
 }

@@ -4,7 +4,7 @@
 use core::fmt;
 
 use super::anon::AnonRegion;
-use super::report::{ProtectionFailure, ProtectionKind};
+use super::report::{ProtectionFailure, ProtectionKind, failure_of};
 
 /// `capacity` bytes of locked, no-dump, wipe-on-fork memory between guard
 /// pages. Wiped when dropped.
@@ -40,13 +40,7 @@ impl LockedBuf {
             (ProtectionKind::ForkWipe, got.fork_wipe),
         ] {
             if !active {
-                missing.push(
-                    failures
-                        .iter()
-                        .find(|failure: &&ProtectionFailure| failure.kind == kind)
-                        .cloned()
-                        .unwrap_or(ProtectionFailure { kind, errno: None }),
-                );
+                missing.push(failure_of(&failures, kind));
             }
         }
         Ok((Self { region }, missing))

@@ -235,6 +235,41 @@ impl Protections {
             ProtectionKind::Allocation => true,
         }
     }
+
+    /// Turns `failure.kind` off (the inverse of [`is_active`](Self::is_active))
+    /// and records the failure: for protections lost after allocation, such
+    /// as a scratch buffer that could not be locked.
+    pub(crate) fn mark_missing(&mut self, failure: ProtectionFailure) {
+        match failure.kind {
+            ProtectionKind::Mlock => self.mlock = false,
+            ProtectionKind::NoDump => self.no_dump = false,
+            ProtectionKind::GuardPages => self.guard_pages = false,
+            ProtectionKind::Canary => self.canary = false,
+            ProtectionKind::ForkWipe => self.fork_wipe = false,
+            ProtectionKind::MemfdSecret => self.memfd_secret = false,
+            ProtectionKind::Allocation => {}
+        }
+        self.failures.push(failure);
+    }
+
+    /// The recorded failure of `kind`, or one without an `errno` if none
+    /// was recorded.
+    pub(crate) fn failure_of(&self, kind: ProtectionKind) -> ProtectionFailure {
+        failure_of(&self.failures, kind)
+    }
+}
+
+/// The failure of `kind` in `failures`, or one without an `errno` if the
+/// protection was found off without a failing call to blame.
+pub(crate) fn failure_of(
+    failures: &[ProtectionFailure],
+    kind: ProtectionKind,
+) -> ProtectionFailure {
+    failures
+        .iter()
+        .find(|failure| failure.kind == kind)
+        .copied()
+        .unwrap_or(ProtectionFailure { kind, errno: None })
 }
 
 impl fmt::Display for Protections {
