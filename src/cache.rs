@@ -24,8 +24,12 @@ pub const MAX_KEY_LEN: usize = u16::MAX as usize;
 /// Longest accepted secret, in bytes (16 MiB).
 pub const MAX_VALUE_LEN: usize = 16 * 1024 * 1024;
 
-/// Number of shards of the store (and stripes of the key lock).
+/// Number of shards of the store.
 const SHARDS: usize = 64;
+/// Stripes of the key slab's reader lock. Each thread reads keys through
+/// its home stripe, so up to this many threads read keys without sharing a
+/// lock's cache line; a writer (a new epoch key, a wipe) takes them all.
+const KEY_LOCK_STRIPES: usize = 64;
 /// Stripes of the pool of locked scratch buffers for [`SealCache::with`].
 /// Each thread has a home stripe, so a buffer and its lock stay in one
 /// core's cache; a thread borrows from another stripe only when its own is
@@ -173,7 +177,7 @@ impl SealCache {
         let (keyring, protections) = Keyring::new(
             nanos(settings.epoch),
             nanos(settings.ttl).saturating_add(nanos(settings.max_stale)),
-            SHARDS,
+            KEY_LOCK_STRIPES,
             settings.backend,
         )?;
         if settings.protection == Protection::Require
@@ -287,14 +291,12 @@ impl SealCache {
         let sealed_len = seal::sealed_len(plaintext.len()).ok_or(Error::ValueTooLong {
             len: plaintext.len(),
         })?;
-        let (stripe, _) = core.store.locate(key);
         let mut entry =
             EntryBuf::new(key, sealed_len).ok_or(Error::KeyTooLong { len: key.len() })?;
-        let (sealed, key_id, new_key) =
-            core.keyring.with_current(stripe, now, |epoch, epoch_key| {
-                let (key, out) = entry.key_and_sealed_mut();
-                seal::seal_into(epoch_key, epoch, key, plaintext, out)
-            })?;
+        let (sealed, key_id, new_key) = core.keyring.with_current(now, |epoch, epoch_key| {
+            let (key, out) = entry.key_and_sealed_mut();
+            seal::seal_into(epoch_key, epoch, key, plaintext, out)
+        })?;
         if let Some(new_key) = new_key
             && !self
                 .shared
@@ -352,14 +354,12 @@ impl SealCache {
         let core = self.core();
         core.store.read(key, now, grace, tally, |found| {
             let len = seal::plaintext_len(found.sealed).ok_or(Error::Integrity)?;
-            let opened = core
-                .keyring
-                .with_key(found.shard, found.key_id, |epoch, epoch_key| {
-                    let mut out = SecretBytes::zeroed(len);
-                    seal::open_into(epoch_key, epoch, key, found.sealed, out.as_mut_slice())
-                        .map(|()| out)
-                        .map_err(|_| Error::Integrity)
-                })?;
+            let opened = core.keyring.with_key(found.key_id, |epoch, epoch_key| {
+                let mut out = SecretBytes::zeroed(len);
+                seal::open_into(epoch_key, epoch, key, found.sealed, out.as_mut_slice())
+                    .map(|()| out)
+                    .map_err(|_| Error::Integrity)
+            })?;
             opened.transpose()
         })
     }
@@ -383,14 +383,12 @@ impl SealCache {
             .store
             .read(key, self.now(), grace, Tally::Count, |found| {
                 let len = seal::plaintext_len(found.sealed).ok_or(Error::Integrity)?;
-                let stripe = scratch_stripe();
+                let stripe = crate::home_stripe::home_stripe(SCRATCH_STRIPES);
                 let mut buf = self.take_scratch(stripe, len)?;
-                let opened =
-                    core.keyring
-                        .with_key(found.shard, found.key_id, |epoch, epoch_key| {
-                            seal::open_into(epoch_key, epoch, key, found.sealed, buf.slice_mut(len))
-                                .map_err(|_| Error::Integrity)
-                        });
+                let opened = core.keyring.with_key(found.key_id, |epoch, epoch_key| {
+                    seal::open_into(epoch_key, epoch, key, found.sealed, buf.slice_mut(len))
+                        .map_err(|_| Error::Integrity)
+                });
                 match opened {
                     Ok(Some(Ok(()))) => Ok(Some((buf, len, stripe))),
                     Ok(None) => {
@@ -578,16 +576,6 @@ impl SealCache {
     pub(crate) fn core_for_hooks(&self) -> &Core {
         self.core()
     }
-}
-
-/// This thread's home stripe of the scratch pool (assigned round-robin on
-/// first use; an index, no data).
-fn scratch_stripe() -> usize {
-    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    thread_local! {
-        static STRIPE: usize = NEXT.fetch_add(1, Ordering::Relaxed) % SCRATCH_STRIPES;
-    }
-    STRIPE.with(|stripe| *stripe)
 }
 
 fn load(counter: &std::sync::atomic::AtomicU64) -> u64 {

@@ -108,7 +108,6 @@ impl Keyring {
     /// returns its result, the key id, and the key to schedule if new.
     pub(crate) fn with_current<R>(
         &self,
-        stripe: usize,
         now: u64,
         f: impl FnOnce(u64, &[u8; KEY_LEN]) -> R,
     ) -> Result<(R, u64, Option<NewKey>), Error> {
@@ -117,7 +116,7 @@ impl Keyring {
         }
         let epoch = self.epoch_of(now);
         {
-            let guard = self.slab.read(stripe);
+            let guard = self.slab.read();
             if let Some((current_epoch, key_id)) = guard.meta().current
                 && current_epoch == epoch
                 && let Some(key) = key_at(guard.bytes(), guard.meta(), key_id)
@@ -187,14 +186,13 @@ impl Keyring {
     /// that key has been wiped.
     pub(crate) fn with_key<R>(
         &self,
-        stripe: usize,
         key_id: u64,
         f: impl FnOnce(u64, &[u8; KEY_LEN]) -> R,
     ) -> Result<Option<R>, Error> {
         if self.slab.forked() {
             return Err(Error::Forked);
         }
-        let guard = self.slab.read(stripe);
+        let guard = self.slab.read();
         let table = guard.meta();
         let Some(slot) = slot_of(table, key_id) else {
             return Ok(None);
@@ -235,7 +233,7 @@ impl Keyring {
         if self.slab.forked() {
             return Vec::new();
         }
-        let guard = self.slab.read(0);
+        let guard = self.slab.read();
         guard
             .meta()
             .slots
@@ -251,7 +249,7 @@ impl Keyring {
         if self.slab.forked() {
             return 0;
         }
-        let guard = self.slab.read(0);
+        let guard = self.slab.read();
         guard.meta().slots.iter().filter(|s| s.is_some()).count()
     }
 
@@ -286,7 +284,7 @@ impl Keyring {
     /// them to the scanning parent).
     #[cfg(feature = "test-hooks")]
     pub(crate) fn export_live_keys(&self) -> Vec<[u8; KEY_LEN]> {
-        let guard = self.slab.read(0);
+        let guard = self.slab.read();
         let table = guard.meta();
         table
             .slots
@@ -299,7 +297,7 @@ impl Keyring {
     /// Whether every byte of the slab is zero (test hooks).
     #[cfg(feature = "test-hooks")]
     pub(crate) fn slab_is_zero(&self) -> bool {
-        self.slab.read(0).bytes().iter().all(|&b| b == 0)
+        self.slab.read().bytes().iter().all(|&b| b == 0)
     }
 }
 
@@ -360,12 +358,12 @@ mod tests {
     #[test]
     fn one_key_per_epoch_with_deadline_end_plus_ttl() {
         let ring = keyring();
-        let (_, id1, new1) = ring.with_current(0, 0, |e, _| e).unwrap();
-        let (_, id2, new2) = ring.with_current(1, 14 * SEC, |e, _| e).unwrap();
+        let (_, id1, new1) = ring.with_current(0, |e, _| e).unwrap();
+        let (_, id2, new2) = ring.with_current(14 * SEC, |e, _| e).unwrap();
         assert_eq!(id1, id2);
         assert_eq!(new1.unwrap().deadline, 75 * SEC);
         assert!(new2.is_none());
-        let (epoch, id3, new3) = ring.with_current(0, 15 * SEC, |e, _| e).unwrap();
+        let (epoch, id3, new3) = ring.with_current(15 * SEC, |e, _| e).unwrap();
         assert_eq!(epoch, 1);
         assert_ne!(id3, id1);
         assert_eq!(new3.unwrap().deadline, 90 * SEC);
@@ -376,8 +374,8 @@ mod tests {
     #[test]
     fn keys_are_random_and_distinct() {
         let ring = keyring();
-        let (k1, _, _) = ring.with_current(0, 0, |_, k| *k).unwrap();
-        let (k2, _, _) = ring.with_current(0, 15 * SEC, |_, k| *k).unwrap();
+        let (k1, _, _) = ring.with_current(0, |_, k| *k).unwrap();
+        let (k2, _, _) = ring.with_current(15 * SEC, |_, k| *k).unwrap();
         assert_ne!(k1, [0; 32]);
         assert_ne!(k1, k2);
     }
@@ -385,13 +383,13 @@ mod tests {
     #[test]
     fn wiped_key_is_gone_and_zeroed() {
         let ring = keyring();
-        let (_, id, _) = ring.with_current(0, 0, |_, _| ()).unwrap();
-        assert!(ring.with_key(0, id, |_, _| ()).unwrap().is_some());
+        let (_, id, _) = ring.with_current(0, |_, _| ()).unwrap();
+        assert!(ring.with_key(id, |_, _| ()).unwrap().is_some());
         assert_eq!(ring.due(75 * SEC - 1), Vec::<u64>::new());
         assert_eq!(ring.due(75 * SEC), vec![id]);
         assert!(ring.wipe(id));
         assert!(!ring.wipe(id), "wiping twice is a no-op");
-        assert!(ring.with_key(0, id, |_, _| ()).unwrap().is_none());
+        assert!(ring.with_key(id, |_, _| ()).unwrap().is_none());
         assert_eq!(ring.wiped(), 1);
         assert_eq!(ring.live_keys(), 0);
     }
@@ -399,12 +397,12 @@ mod tests {
     #[test]
     fn shred_all_wipes_everything_and_new_keys_follow() {
         let ring = keyring();
-        let (_, old, _) = ring.with_current(0, 0, |_, _| ()).unwrap();
-        ring.with_current(0, 20 * SEC, |_, _| ()).unwrap();
+        let (_, old, _) = ring.with_current(0, |_, _| ()).unwrap();
+        ring.with_current(20 * SEC, |_, _| ()).unwrap();
         assert_eq!(ring.shred_all(), 2);
         assert_eq!(ring.shred_all(), 0);
-        assert!(ring.with_key(0, old, |_, _| ()).unwrap().is_none());
-        let (_, new, fresh) = ring.with_current(0, 20 * SEC, |_, _| ()).unwrap();
+        assert!(ring.with_key(old, |_, _| ()).unwrap().is_none());
+        let (_, new, fresh) = ring.with_current(20 * SEC, |_, _| ()).unwrap();
         assert_ne!(new, old);
         assert!(fresh.is_some());
     }
@@ -414,15 +412,15 @@ mod tests {
         let ring = keyring();
         let mut ids = Vec::new();
         for epoch in 0..1000u64 {
-            let (_, id, _) = ring.with_current(0, epoch * 15 * SEC, |_, _| ()).unwrap();
+            let (_, id, _) = ring.with_current(epoch * 15 * SEC, |_, _| ()).unwrap();
             ids.push(id);
         }
         // Keys of the last five epochs (deadline > now) are all still live;
         // every older one was wiped inline when a later key was made.
         for &id in &ids[995..] {
-            assert!(ring.with_key(0, id, |_, _| ()).unwrap().is_some());
+            assert!(ring.with_key(id, |_, _| ()).unwrap().is_some());
         }
-        assert!(ring.with_key(0, ids[994], |_, _| ()).unwrap().is_none());
+        assert!(ring.with_key(ids[994], |_, _| ()).unwrap().is_none());
         assert_eq!(ring.live_keys(), 5);
         assert_eq!(ring.wiped(), 995);
     }

@@ -89,6 +89,7 @@ mod cache;
 mod clock;
 mod config;
 mod error;
+mod home_stripe;
 mod keyring;
 mod loader;
 pub mod manual;

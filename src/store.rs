@@ -258,10 +258,86 @@ pub(crate) enum Tally {
     Quiet,
 }
 
+/// What the locked half of a read found.
+enum Looked {
+    /// A usable entry, copied out.
+    Found(Copied),
+    /// A live cached "not found".
+    Negative,
+    /// No usable entry.
+    Miss,
+}
+
+/// What is known of an entry copied out of its shard (its sealed bytes
+/// went to the reader's [`SealedCopy`]).
+#[derive(Clone, Copy)]
+struct Copied {
+    key_id: u64,
+    expires: u64,
+    stale: bool,
+}
+
+/// Why a read is undone after its open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Undone {
+    /// The entry's key had been wiped: an expiration.
+    KeyWiped,
+    /// The entry failed authentication.
+    Integrity,
+}
+
+/// Sealed bytes of up to this many bytes are copied to the stack (a 1 KiB
+/// secret seals to 1,065 bytes); longer ones to the heap.
+const INLINE_SEALED: usize = 1088;
+
+/// A copy of an entry's sealed bytes: ciphertext, nonce and tag, no secret.
+/// It lives in the reader's frame and is filled in place, never moved.
+struct SealedCopy {
+    inline: [u8; INLINE_SEALED],
+    len: usize,
+    heap: Vec<u8>,
+}
+
+impl SealedCopy {
+    fn new() -> Self {
+        Self {
+            inline: [0; INLINE_SEALED],
+            len: 0,
+            heap: Vec::new(),
+        }
+    }
+
+    fn fill(&mut self, sealed: &[u8]) {
+        self.len = sealed.len();
+        match self.inline.get_mut(..sealed.len()) {
+            Some(inline) => inline.copy_from_slice(sealed),
+            None => self.heap = sealed.to_vec(),
+        }
+    }
+
+    fn as_slice(&self) -> &[u8] {
+        self.inline.get(..self.len).unwrap_or(&self.heap)
+    }
+}
+
+impl Tally {
+    /// The part of `counters` this kind of read records: everything for a
+    /// caller's read; only removals (expirations, integrity failures) for a
+    /// quiet one.
+    fn filter(self, counters: Counters) -> Counters {
+        match self {
+            Tally::Count => counters,
+            Tally::Quiet => Counters {
+                expirations: counters.expirations,
+                integrity_failures: counters.integrity_failures,
+                ..Counters::default()
+            },
+        }
+    }
+}
+
 /// A stored entry handed to the opening closure.
 pub(crate) struct Found<'a> {
-    /// The shard the entry lives in (the key-lock stripe to use).
-    pub(crate) shard: usize,
     /// The id of the key it was sealed under.
     pub(crate) key_id: u64,
     /// The sealed bytes.
@@ -345,6 +421,13 @@ impl Store {
     /// than `grace` is opened and returned as [`Read::Stale`] (not counted as
     /// a hit, not refreshed in recency). Expired entries, entries whose key is
     /// gone and entries that fail integrity are removed.
+    ///
+    /// `open` runs after the shard's lock is released, on a copy of the
+    /// sealed bytes (ciphertext only), so threads reading the same hot entry
+    /// do not queue behind each other's AEAD open. The read takes effect when
+    /// the copy is made: a concurrent `invalidate` that comes after it does
+    /// not stop this read from returning the value it copied, as with any
+    /// read that completed just before the invalidation.
     pub(crate) fn read<R>(
         &self,
         key: &[u8],
@@ -354,21 +437,45 @@ impl Store {
         open: impl FnOnce(Found<'_>) -> Result<Option<R>, Error>,
     ) -> Result<Read<R>, Error> {
         let (s, hash) = self.locate(key);
-        let mut guard = self.lock(s);
-        let shard = &mut *guard;
-        let mut counters = Counters::default();
-        let result = self.read_locked(shard, s, hash, key, now, grace, &mut counters, open);
-        if tally == Tally::Count {
-            shard.counters.add(&counters);
-        } else {
-            shard.counters.expirations += counters.expirations;
-            shard.counters.integrity_failures += counters.integrity_failures;
+        let mut sealed = SealedCopy::new();
+        let copied = {
+            let mut guard = self.lock(s);
+            let shard = &mut *guard;
+            let mut counters = Counters::default();
+            let looked =
+                self.look_up_locked(shard, s, hash, key, now, grace, &mut counters, &mut sealed);
+            shard.counters.add(&tally.filter(counters));
+            looked
+        };
+        let Looked::Found(copy) = copied else {
+            return Ok(match copied {
+                Looked::Negative => Read::Negative,
+                _ => Read::Miss,
+            });
+        };
+        let found = Found {
+            key_id: copy.key_id,
+            sealed: sealed.as_slice(),
+        };
+        match open(found) {
+            Ok(Some(value)) if copy.stale => Ok(Read::Stale(value)),
+            Ok(Some(value)) => Ok(Read::Hit(value, copy.expires)),
+            Ok(None) => {
+                self.undo_read(s, hash, key, (copy, &sealed), tally, Undone::KeyWiped);
+                Ok(Read::Miss)
+            }
+            Err(Error::Integrity) => {
+                self.undo_read(s, hash, key, (copy, &sealed), tally, Undone::Integrity);
+                Err(Error::Integrity)
+            }
+            Err(other) => Err(other),
         }
-        result
     }
 
+    /// The locked half of [`read`](Self::read): finds the entry, removes it
+    /// if it is past use, refreshes its recency and copies it out.
     #[allow(clippy::too_many_arguments)]
-    fn read_locked<R>(
+    fn look_up_locked(
         &self,
         shard: &mut Shard,
         s: usize,
@@ -377,11 +484,11 @@ impl Store {
         now: u64,
         grace: u64,
         counters: &mut Counters,
-        open: impl FnOnce(Found<'_>) -> Result<Option<R>, Error>,
-    ) -> Result<Read<R>, Error> {
+        sealed: &mut SealedCopy,
+    ) -> Looked {
         let Some(i) = shard.find(hash, key) else {
             counters.misses += 1;
-            return Ok(Read::Miss);
+            return Looked::Miss;
         };
         let (expires, key_id) = {
             let node = &shard.nodes[i as usize];
@@ -394,49 +501,86 @@ impl Store {
             counters.expirations += 1;
             self.removed(1);
             self.publish_tail(s, shard);
-            return Ok(Read::Miss);
+            return Looked::Miss;
         }
         if !stale {
-            let tick = self.next_tick();
-            shard.touch(i, tick);
-            self.publish_tail(s, shard);
+            if shard.head != i {
+                let tick = self.next_tick();
+                shard.touch(i, tick);
+                self.publish_tail(s, shard);
+            } else if shard.tail == i {
+                // The shard's only entry: its tick is the shard's tail tick.
+                let tick = self.next_tick();
+                shard.nodes[i as usize].tick = tick;
+                self.publish_tail(s, shard);
+            } else {
+                shard.nodes[i as usize].tick = self.next_tick();
+            }
         }
         if key_id == NEGATIVE {
             counters.negative_hits += 1;
-            return Ok(Read::Negative);
+            return Looked::Negative;
         }
-        let node = &shard.nodes[i as usize];
-        let found = Found {
-            shard: s,
+        if stale {
+            counters.misses += 1;
+        } else {
+            counters.hits += 1;
+        }
+        sealed.fill(shard.nodes[i as usize].sealed());
+        Looked::Found(Copied {
             key_id,
-            sealed: node.sealed(),
-        };
-        match open(found) {
-            Ok(Some(value)) if stale => {
-                counters.misses += 1;
-                Ok(Read::Stale(value))
-            }
-            Ok(Some(value)) => {
-                counters.hits += 1;
-                Ok(Read::Hit(value, expires))
-            }
-            Ok(None) => {
-                shard.remove(i, &self.hasher);
-                counters.misses += 1;
-                counters.expirations += 1;
-                self.removed(1);
-                self.publish_tail(s, shard);
-                Ok(Read::Miss)
-            }
-            Err(Error::Integrity) => {
-                shard.remove(i, &self.hasher);
-                counters.integrity_failures += 1;
-                self.removed(1);
-                self.publish_tail(s, shard);
-                Err(Error::Integrity)
-            }
-            Err(other) => Err(other),
+            expires,
+            stale,
+        })
+    }
+
+    /// After an open outside the lock found the key wiped or the entry
+    /// tampered with: removes the entry if it still holds the bytes that were
+    /// opened (a concurrent insert may have replaced it), and turns the hit
+    /// counted under the lock into a miss.
+    fn undo_read(
+        &self,
+        s: usize,
+        hash: u64,
+        key: &[u8],
+        (copy, sealed): (Copied, &SealedCopy),
+        tally: Tally,
+        why: Undone,
+    ) {
+        let mut shard = self.lock(s);
+        // Take back what the locked half counted, then count the outcome.
+        if tally == Tally::Count {
+            let counted = if copy.stale {
+                &mut shard.counters.misses
+            } else {
+                &mut shard.counters.hits
+            };
+            *counted = counted.saturating_sub(1);
         }
+        let outcome = match why {
+            Undone::KeyWiped => Counters {
+                misses: 1,
+                ..Counters::default()
+            },
+            Undone::Integrity => Counters {
+                integrity_failures: 1,
+                ..Counters::default()
+            },
+        };
+        shard.counters.add(&tally.filter(outcome));
+        let Some(i) = shard.find(hash, key) else {
+            return;
+        };
+        let node = &shard.nodes[i as usize];
+        if node.key_id != copy.key_id || node.sealed() != sealed.as_slice() {
+            return;
+        }
+        shard.remove(i, &self.hasher);
+        if why == Undone::KeyWiped {
+            shard.counters.expirations += 1;
+        }
+        self.removed(1);
+        self.publish_tail(s, &shard);
     }
 
     /// Stores `entry` as the most recently used entry, replacing any entry
@@ -691,6 +835,75 @@ mod tests {
         let empty = EntryBuf::default();
         assert!(empty.key().is_empty() && empty.sealed().is_empty());
         assert_eq!(std::mem::size_of::<Node>(), 48);
+    }
+
+    #[test]
+    fn readers_of_one_entry_open_it_concurrently() {
+        // The first reader is still inside its open when the second reads
+        // the same entry: the open must not hold the shard's lock.
+        let store = Store::new(4, 10);
+        store.insert(data(b"hot", b"sealed"), 100, 1, 0);
+        let (inside, release) = (std::sync::Barrier::new(2), std::sync::Barrier::new(2));
+        std::thread::scope(|scope| {
+            let slow = scope.spawn(|| {
+                store.read(b"hot", 0, 0, Tally::Count, |found| {
+                    inside.wait();
+                    release.wait();
+                    Ok(Some(found.sealed.to_vec()))
+                })
+            });
+            inside.wait();
+            // A lock held across the open would block this read: wait for
+            // it with a deadline, so that regression fails instead of hanging.
+            let (sent, second) = std::sync::mpsc::channel();
+            let store = &store;
+            scope.spawn(move || sent.send(get(store, b"hot", 0)));
+            let second = second.recv_timeout(std::time::Duration::from_secs(10));
+            release.wait();
+            assert_eq!(
+                second.expect("second reader was blocked").unwrap(),
+                b"sealed"
+            );
+            assert!(matches!(slow.join().unwrap(), Ok(Read::Hit(v, 100)) if v == b"sealed"));
+        });
+        assert_eq!(store.counters().hits, 2);
+    }
+
+    #[test]
+    fn a_failed_open_removes_the_entry_it_opened_and_not_its_replacement() {
+        let store = Store::new(4, 10);
+        store.insert(data(b"k", b"old"), 100, 1, 0);
+        // While the old entry is being opened, an insert replaces it; the
+        // open then finds its key wiped. The replacement must survive.
+        let read = store.read(b"k", 0, 0, Tally::Count, |_| -> Result<Option<()>, Error> {
+            store.insert(data(b"k", b"new"), 100, 2, 0);
+            Ok(None)
+        });
+        assert!(matches!(read, Ok(Read::Miss)));
+        assert_eq!(get(&store, b"k", 0).unwrap(), b"new");
+        // Without a replacement, the entry whose key is gone is removed.
+        let read = store.read(b"k", 0, 0, Tally::Count, |_| Ok(None::<()>));
+        assert!(matches!(read, Ok(Read::Miss)));
+        assert_eq!(store.len(), 0);
+        // Integrity failures remove the entry too, and are counted.
+        store.insert(data(b"t", b"bad"), 100, 1, 0);
+        let read = store.read(b"t", 0, 0, Tally::Quiet, |_| {
+            Err::<Option<()>, _>(Error::Integrity)
+        });
+        assert!(matches!(read, Err(Error::Integrity)));
+        assert_eq!(store.len(), 0);
+        let counters = store.counters();
+        assert_eq!(
+            (
+                counters.hits,
+                counters.misses,
+                counters.expirations,
+                counters.integrity_failures
+            ),
+            (1, 2, 1, 1),
+            "one hit (the replacement), two misses (the undone reads), \
+             one expiration (the entry whose key was gone), one integrity failure"
+        );
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! [`SharedSlab`]: a big-reader lock around the key slab and its metadata.
-//! Readers take the read lock of one cache-padded stripe (so many threads
-//! reading keys do not bounce one lock's cache line); a writer takes every
+//! Readers take the read lock of their thread's cache-padded stripe (so
+//! threads reading keys do not bounce one lock's cache line); a writer takes every
 //! stripe's write lock, in index order.
 
 use core::cell::UnsafeCell;
@@ -63,14 +63,16 @@ impl<M> SharedSlab<M> {
         self.stripes.len()
     }
 
-    /// Read access through stripe `stripe % stripes()`.
+    /// Read access through the calling thread's home stripe: a thread keeps
+    /// reading through the same stripe, so on a hit path its lock's cache
+    /// line stays in that thread's core instead of moving between cores.
     ///
     /// A poisoned lock is recovered: the lock protects `()` and the data is
     /// only mutated through [`SlabWrite`], whose users must leave it
     /// consistent at every point where they could panic; a panicking reader
     /// cannot have changed anything.
-    pub(crate) fn read(&self, stripe: usize) -> SlabRead<'_, M> {
-        let lock = &self.stripes[stripe % self.stripes.len()];
+    pub(crate) fn read(&self) -> SlabRead<'_, M> {
+        let lock = &self.stripes[crate::home_stripe::home_stripe(self.stripes.len())];
         SlabRead {
             _guard: lock.read().unwrap_or_else(PoisonError::into_inner),
             shared: self,

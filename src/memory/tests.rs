@@ -617,11 +617,11 @@ fn shared_slab_readers_see_whole_writes() {
     let done = AtomicBool::new(false);
     let reads = AtomicU64::new(0);
     std::thread::scope(|scope| {
-        for reader in 0..6 {
+        for _ in 0..6 {
             let (shared, done, reads) = (&shared, &done, &reads);
             scope.spawn(move || {
                 while !done.load(Ordering::Relaxed) {
-                    let guard = shared.read(reader);
+                    let guard = shared.read();
                     let first = guard.bytes()[0];
                     assert!(guard.bytes().iter().all(|b| *b == first), "torn read");
                     assert_eq!(*guard.meta() as u8, first, "meta and bytes disagree");
@@ -646,7 +646,7 @@ fn shared_slab_readers_see_whole_writes() {
         done.store(true, Ordering::Relaxed);
     });
     assert!(reads.load(Ordering::Relaxed) > 0);
-    assert_eq!(shared.read(0).bytes()[0], 0);
+    assert_eq!(shared.read().bytes()[0], 0);
 }
 
 #[test]
@@ -663,9 +663,9 @@ fn shared_slab_recovers_from_poison() {
             .join();
         assert!(result.is_err());
     });
-    assert_eq!(*shared.read(7).meta(), 1);
+    assert_eq!(*shared.read().meta(), 1);
     shared.write().bytes_mut().fill(9);
-    assert!(shared.read(2).bytes().iter().all(|b| *b == 9));
+    assert!(shared.read().bytes().iter().all(|b| *b == 9));
     assert_eq!(shared.address_range(), range);
     assert!(!shared.forked());
 }
