@@ -66,6 +66,27 @@
 //! entry; eviction removes the globally oldest. The model-based property
 //! tests and the `cache_ops` fuzz target hold the cache to that exact model.
 //!
+//! The price is paid on every hit: the entry is relinked at the head of its
+//! shard's recency list and takes a tick from one shared counter. When two
+//! threads read keys spread over every shard, those cache lines move between
+//! their cores. On the 2-vCPU machine of BENCHMARKS.md, `get` goes from 1
+//! to 2 threads at about 1.4–1.5× (the AEAD alone: 1.8×); with the recency
+//! update compiled out it measured 1.6–1.7×. An approximate LRU would buy
+//! part of that difference and lose the exact eviction order the tests hold
+//! the cache to.
+//!
+//! # Why a hit opens outside the shard lock
+//!
+//! The shard lock covers the lookup, the expiry check, the recency update
+//! and a copy of the sealed bytes (ciphertext only, never plaintext); the
+//! AEAD open runs after the lock is released. Threads reading one hot secret
+//! then open it side by side instead of queueing behind each other's open
+//! (2 threads on one key went from 0.6× to about 1.4× the throughput of
+//! one). A read takes effect when it copies the entry. If the open then
+//! finds the key wiped or the tag wrong, the read locks the shard again and
+//! removes the entry only if it still holds the bytes that were opened, so
+//! a value inserted in between survives.
+//!
 //! # Why fencing
 //!
 //! An invalidation that runs while a load is in flight must win: otherwise
