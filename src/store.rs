@@ -284,6 +284,10 @@ enum Undone {
     KeyWiped,
     /// The entry failed authentication.
     Integrity,
+    /// The open failed for another reason (the process forked, no locked
+    /// scratch buffer): the entry stays and the read counts as neither a
+    /// hit nor a miss.
+    Failed,
 }
 
 /// Sealed bytes of up to this many bytes are copied to the stack (a 1 KiB
@@ -468,7 +472,10 @@ impl Store {
                 self.undo_read(s, hash, key, (copy, &sealed), tally, Undone::Integrity);
                 Err(Error::Integrity)
             }
-            Err(other) => Err(other),
+            Err(other) => {
+                self.undo_read(s, hash, key, (copy, &sealed), tally, Undone::Failed);
+                Err(other)
+            }
         }
     }
 
@@ -534,10 +541,11 @@ impl Store {
         })
     }
 
-    /// After an open outside the lock found the key wiped or the entry
-    /// tampered with: removes the entry if it still holds the bytes that were
-    /// opened (a concurrent insert may have replaced it), and turns the hit
-    /// counted under the lock into a miss.
+    /// After an open outside the lock failed: takes back the hit (or stale
+    /// miss) counted under the lock and counts the outcome instead. If the
+    /// key was wiped or the entry tampered with, also removes the entry, but
+    /// only if it still holds the bytes that were opened (a concurrent
+    /// insert may have replaced it).
     fn undo_read(
         &self,
         s: usize,
@@ -566,6 +574,7 @@ impl Store {
                 integrity_failures: 1,
                 ..Counters::default()
             },
+            Undone::Failed => return,
         };
         shard.counters.add(&tally.filter(outcome));
         let Some(i) = shard.find(hash, key) else {
@@ -892,6 +901,13 @@ mod tests {
         });
         assert!(matches!(read, Err(Error::Integrity)));
         assert_eq!(store.len(), 0);
+        // Any other failure leaves the entry and counts nothing.
+        store.insert(data(b"f", b"fine"), 100, 1, 0);
+        let read = store.read(b"f", 0, 0, Tally::Count, |_| {
+            Err::<Option<()>, _>(Error::Forked)
+        });
+        assert!(matches!(read, Err(Error::Forked)));
+        assert_eq!(store.len(), 1);
         let counters = store.counters();
         assert_eq!(
             (
