@@ -1,6 +1,7 @@
 //! Behaviour a user relies on: round trips, exact expiry, LRU order,
-//! invalidation, integrity, the reaper, drop, Debug redaction, and a
-//! multi-threaded run with consistent stats.
+//! invalidation, integrity, the reaper, drop, Debug redaction, a
+//! multi-threaded run with consistent stats, and reads that never go back
+//! past a completed replacement.
 #![cfg(feature = "test-hooks")]
 #![allow(unsafe_code)]
 
@@ -450,6 +451,65 @@ fn four_threads_of_mixed_operations_keep_stats_consistent() {
     assert!(stats.keys_wiped <= stats.keys_created);
     assert!(stats.live_keys <= stats.keys_created - stats.keys_wiped);
     assert!(stats.reaper_alive);
+}
+
+#[test]
+fn a_read_never_returns_a_value_replaced_before_it_started() {
+    // One writer replaces a hot key's value with ever higher versions and
+    // publishes each version once its insert has returned. A read that
+    // starts after version v was published must return v or a later one
+    // (or nothing, if the entry expired or its key was wiped underneath it),
+    // while the clock moves, keys roll over and the reaper wipes them.
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    let clock = ManualClock::new();
+    let cache = cache_with(&clock, 100);
+    let published = AtomicU64::new(0);
+    let done = AtomicBool::new(false);
+    cache.insert("hot", 0u64.to_le_bytes().as_slice()).unwrap();
+    thread::scope(|scope| {
+        scope.spawn(|| {
+            let mut version = 0u64;
+            while !done.load(Ordering::Relaxed) {
+                version += 1;
+                cache
+                    .insert("hot", version.to_le_bytes().as_slice())
+                    .unwrap();
+                published.store(version, Ordering::SeqCst);
+            }
+        });
+        scope.spawn(|| {
+            for _ in 0..200 {
+                clock.advance(TTL / 8);
+                thread::sleep(Duration::from_micros(200));
+            }
+        });
+        let readers: Vec<_> = (0..2)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut seen = 0u64;
+                    for _ in 0..20_000 {
+                        let floor = published.load(Ordering::SeqCst);
+                        let Some(value) = get(&cache, "hot") else {
+                            continue;
+                        };
+                        let version = u64::from_le_bytes(value.try_into().unwrap());
+                        assert!(
+                            version >= floor,
+                            "read version {version} after {floor} was published"
+                        );
+                        seen += 1;
+                    }
+                    seen
+                })
+            })
+            .collect();
+        let seen: u64 = readers.into_iter().map(|r| r.join().unwrap()).sum();
+        done.store(true, Ordering::Relaxed);
+        assert!(seen > 0, "no read found the key");
+    });
+    let stats = cache.stats();
+    assert_eq!(stats.integrity_failures, 0);
+    assert!(stats.keys_wiped > 0, "keys rolled over and were wiped");
 }
 
 #[test]
