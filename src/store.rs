@@ -511,18 +511,14 @@ impl Store {
             return Looked::Miss;
         }
         if !stale {
-            if shard.head != i {
-                let tick = self.next_tick();
-                shard.touch(i, tick);
-                self.publish_tail(s, shard);
-            } else if shard.tail == i {
-                // The shard's only entry: its tick is the shard's tail tick.
-                let tick = self.next_tick();
+            let tick = self.next_tick();
+            if shard.head == i {
+                // Already the shard's most recent entry: no relinking.
                 shard.nodes[i as usize].tick = tick;
-                self.publish_tail(s, shard);
             } else {
-                shard.nodes[i as usize].tick = self.next_tick();
+                shard.touch(i, tick);
             }
+            self.publish_tail(s, shard);
         }
         if key_id == NEGATIVE {
             counters.negative_hits += 1;
