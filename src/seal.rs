@@ -426,7 +426,7 @@ impl AadBuf {
 mod ring_backend {
     use super::{AeadFailure, KEY_LEN, NONCE_LEN, TAG_LEN};
     use ring::aead::{CHACHA20_POLY1305, LessSafeKey, Nonce, Tag, UnboundKey};
-    use zeroize::{Zeroize, Zeroizing};
+    use zeroize::Zeroize;
 
     /// Derives the per-nonce ChaCha20-Poly1305 key and nonce — subkey =
     /// HChaCha20(key, nonce[0..16]), nonce = `[0; 4] || nonce[16..24]` — and
@@ -449,13 +449,11 @@ mod ring_backend {
         chacha_nonce[4..].copy_from_slice(suffix);
 
         let mut derived = chacha20::hchacha::<chacha20::R20>(key.into(), (&hchacha_input).into());
-        let mut subkey = Zeroizing::new([0u8; KEY_LEN]);
-        subkey.copy_from_slice(&derived);
+        let unbound = UnboundKey::new(&CHACHA20_POLY1305, derived.as_slice());
+        // Wiped through the slice before anything can return: `Zeroize` for
+        // arrays and `Zeroizing` wipe byte by byte.
         derived.as_mut_slice().zeroize();
-
-        let unbound =
-            UnboundKey::new(&CHACHA20_POLY1305, subkey.as_slice()).map_err(|_| AeadFailure)?;
-        let aead_key = LessSafeKey::new(unbound);
+        let aead_key = LessSafeKey::new(unbound.map_err(|_| AeadFailure)?);
         f(&aead_key, Nonce::assume_unique_for_key(chacha_nonce))
     }
 

@@ -4,7 +4,7 @@
 //! THREAT_MODEL.md.
 //!
 //! Each test re-executes this binary as a child (see `forensics/mod.rs`).
-//! The child draws 32-byte secrets from `getrandom` into a stack buffer,
+//! The child draws 48-byte secrets from `getrandom` into a stack buffer,
 //! inserts them, sends them hex-encoded to the parent and zeroizes its
 //! buffers; it keeps only 64-bit fingerprints to check what it reads back.
 //! Epoch keys are exported (test hook) on a helper thread that wipes its own
@@ -26,6 +26,13 @@ use zeroize::Zeroize;
 
 /// Secrets per child.
 const N: usize = 200;
+/// Bytes per secret. The needle the parent looks for is a secret's last
+/// [`NEEDLE_LEN`] bytes: glibc writes its free-list links over the first 16
+/// bytes of a freed small buffer, so a needle covering a whole 32-byte
+/// secret could never match a freed `SecretBytes` that was not wiped, and
+/// the scans would pass whether or not `get`'s buffers are zeroized. A
+/// freed 48-byte buffer keeps its last 32 bytes.
+const SECRET_LEN: usize = 48;
 const TTL: Duration = Duration::from_secs(60);
 /// Default epoch length (TTL / 4).
 const EPOCH: Duration = Duration::from_secs(15);
@@ -136,11 +143,11 @@ fn run_child(role: &str) {
 /// Inserts one fresh random secret under `name` and sends it to the parent;
 /// the only copy the child keeps is a fingerprint.
 fn insert_random(cache: &SealCache, name: &str, fingerprints: &mut Vec<u64>) {
-    let mut secret = [0u8; NEEDLE_LEN];
+    let mut secret = [0u8; SECRET_LEN];
     forensics::random_secret(&mut secret);
     fingerprints.push(forensics::fingerprint(&secret));
     cache.insert(name, &secret[..]).expect("insert");
-    forensics::send_hex("plain", &secret);
+    forensics::send_hex("plain", &secret[SECRET_LEN - NEEDLE_LEN..]);
     secret.zeroize();
 }
 

@@ -60,13 +60,13 @@ impl LockedBuf {
         unsafe { core::slice::from_raw_parts_mut(self.region.as_ptr(), len) }
     }
 
-    /// Zeroes every byte (volatile writes).
+    /// Zeroes every byte (`zeroize`: a fill the optimiser cannot remove).
     #[cfg(test)]
     pub(crate) fn wipe(&mut self) {
         self.region.wipe();
     }
 
-    /// Zeroes the first `len` bytes (volatile writes): what a use of the
+    /// Zeroes the first `len` bytes (`zeroize`): what a use of the
     /// buffer wrote, without paying for the whole capacity each time.
     pub(crate) fn wipe_prefix(&mut self, len: usize) {
         zeroize::Zeroize::zeroize(self.slice_mut(len));

@@ -356,7 +356,7 @@ impl SecretRegion {
         self.len
     }
 
-    /// Zeroes the usable bytes with volatile writes.
+    /// Zeroes the usable bytes (`zeroize`: a fill the optimiser cannot remove).
     pub(super) fn wipe(&mut self) {
         // SAFETY: `user` is valid for reads and writes of `len` bytes and
         // `&mut self` guarantees no other reference to them exists.

@@ -146,7 +146,7 @@ impl LockedSlab {
         unsafe { core::slice::from_raw_parts_mut(self.ptr(), self.len()) }
     }
 
-    /// Zeroes every usable byte (volatile writes).
+    /// Zeroes every usable byte (`zeroize`: a fill the optimiser cannot remove).
     pub(crate) fn wipe(&mut self) {
         match &mut *self.region {
             Region::Secret(region) => region.wipe(),

@@ -307,8 +307,8 @@ pub fn wait_for_parent() {
     }
 }
 
-/// Fills a 32-byte stack buffer with `getrandom` bytes.
-pub fn random_secret(buf: &mut [u8; NEEDLE_LEN]) {
+/// Fills a stack buffer with `getrandom` bytes.
+pub fn random_secret(buf: &mut [u8]) {
     getrandom::fill(buf).expect("getrandom");
 }
 
