@@ -132,7 +132,8 @@ impl Keyring {
             return Ok((f(epoch, key), key_id, None));
         }
         // Catch up on any key whose deadline has passed (a late or stopped
-        // reaper): no key outlives its deadline by more than one epoch.
+        // reaper): while inserts continue, no key outlives its deadline by
+        // more than one epoch.
         let overdue: Vec<u64> = guard
             .meta()
             .slots
@@ -294,8 +295,8 @@ impl Keyring {
             .collect()
     }
 
-    /// Whether every byte of the slab is zero (test hooks).
-    #[cfg(feature = "test-hooks")]
+    /// Whether every byte of the slab is zero (tests and test hooks).
+    #[cfg(any(test, feature = "test-hooks"))]
     pub(crate) fn slab_is_zero(&self) -> bool {
         self.slab.read().bytes().iter().all(|&b| b == 0)
     }
@@ -387,7 +388,9 @@ mod tests {
         assert!(ring.with_key(id, |_, _| ()).unwrap().is_some());
         assert_eq!(ring.due(75 * SEC - 1), Vec::<u64>::new());
         assert_eq!(ring.due(75 * SEC), vec![id]);
+        assert!(!ring.slab_is_zero(), "a random key is in the slab");
         assert!(ring.wipe(id));
+        assert!(ring.slab_is_zero(), "its bytes are zeroed");
         assert!(!ring.wipe(id), "wiping twice is a no-op");
         assert!(ring.with_key(id, |_, _| ()).unwrap().is_none());
         assert_eq!(ring.wiped(), 1);

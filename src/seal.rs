@@ -240,8 +240,9 @@ impl Backend {
         let aad = AadBuf::new(epoch, cache_key);
         let sealed = self.seal_detached(key, nonce, aad.as_slice(), ciphertext);
         // The AEAD's frames (HChaCha20 state, ring's copy of the subkey)
-        // lay below this one: overwrite them before returning.
-        wipe_stack();
+        // lay below this one, and its registers still hold key material:
+        // overwrite both before returning.
+        wipe_aead_residue();
         match sealed {
             Ok(tag) => {
                 *tag_out = tag;
@@ -289,8 +290,9 @@ impl Backend {
         out.copy_from_slice(ciphertext);
         let aad = AadBuf::new(epoch, cache_key);
         let opened = self.open_detached(key, nonce, aad.as_slice(), out, tag);
-        // As in `seal_into_with_nonce`: wipe the AEAD's dead frames.
-        wipe_stack();
+        // As in `seal_into_with_nonce`: wipe the AEAD's dead frames and
+        // registers.
+        wipe_aead_residue();
         opened.map_err(|AeadFailure| OpenError)
     }
 
@@ -355,6 +357,17 @@ const STACK_WIPE_BYTES: usize = if cfg!(debug_assertions) {
 /// treat as reading it, so the fill (a `memset`, tens of nanoseconds for
 /// 4 KiB) cannot be elided; `tests/forensics.rs` verifies the effect by
 /// scanning the process for subkeys.
+/// Erases what an AEAD call leaves behind: its dead stack frames
+/// ([`wipe_stack`]) and the vector registers that still hold the subkey
+/// ([`memory::wipe_vector_registers`](crate::memory::wipe_vector_registers);
+/// a core dump records every thread's registers). Inlined, so the stack wipe
+/// runs from the frame that called the AEAD.
+#[inline(always)]
+fn wipe_aead_residue() {
+    wipe_stack();
+    crate::memory::wipe_vector_registers();
+}
+
 #[inline(never)]
 fn wipe_stack() {
     let area = [0u8; STACK_WIPE_BYTES];

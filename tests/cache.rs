@@ -191,13 +191,25 @@ fn entries_swapped_between_keys_or_epochs_fail_integrity() {
     assert_eq!(cache.get("alice").unwrap_err(), Error::Integrity);
     assert_eq!(cache.get("bob").unwrap_err(), Error::Integrity);
 
-    // Same key name, entries sealed in different epochs.
+    // Different keys sealed in different epochs.
     cache.insert("old", "same-length-1").unwrap();
     clock.advance(cache.epoch_length());
     cache.insert("new", "same-length-2").unwrap();
     assert!(testing::swap_sealed(&cache, b"old", b"new"));
     assert_eq!(cache.get("old").unwrap_err(), Error::Integrity);
     assert_eq!(cache.get("new").unwrap_err(), Error::Integrity);
+
+    // One key sealed in two epochs: the older sealed bytes put back in
+    // place of the newer ones (a rollback) fail too, while the older
+    // epoch's key is still live.
+    cache.insert("k", "same-length-1").unwrap();
+    let mut older = Vec::new();
+    assert!(testing::tamper(&cache, b"k", |sealed| older = sealed.to_vec()));
+    clock.advance(cache.epoch_length());
+    cache.insert("k", "same-length-2").unwrap();
+    assert_eq!(cache.stats().live_keys, 3);
+    assert!(testing::tamper(&cache, b"k", |sealed| sealed.copy_from_slice(&older)));
+    assert_eq!(cache.get("k").unwrap_err(), Error::Integrity);
 }
 
 #[test]
@@ -236,8 +248,11 @@ fn reaper_wipes_each_key_at_its_deadline_with_no_traffic() {
 
     clock.advance(Duration::from_secs(75) - epoch - Duration::from_nanos(1)); // 75 s - 1 ns
     assert_eq!(cache.stats().keys_wiped, 0, "not before its deadline");
-    // No cache call between here and the assertions: advancing the clock
-    // only wakes the reaper thread, which does the wipe on its own.
+    // No cache call between here and the assertions: the wipe is the
+    // reaper thread's. (`ManualClock::advance` wakes it through the clock's
+    // waker, which also runs its scan for overdue keys; the reaper's own
+    // timer is what `reaper_wipes_keys_on_the_real_clock_with_no_traffic`
+    // tests.)
     clock.advance(Duration::from_nanos(1));
     let after = cache.stats();
     assert_eq!(after.keys_wiped, 1, "wiped at exactly end(e) + ttl");
@@ -254,6 +269,54 @@ fn reaper_wipes_each_key_at_its_deadline_with_no_traffic() {
     assert!(last.reaper_alive);
 }
 
+/// The one test on the real clock. Under a `ManualClock` every `advance`
+/// wakes the reaper through the clock's waker; here nothing wakes it but its
+/// own timer on `BootClock`, as in production, and nothing calls the cache
+/// but `stats()`, which only reads counters. The key must be wiped no
+/// earlier than the entry's TTL and soon after its deadline, `end(epoch) +
+/// ttl`, which is at most `ttl + epoch` after the insert.
+#[test]
+fn reaper_wipes_keys_on_the_real_clock_with_no_traffic() {
+    let ttl = Duration::from_secs(1); // the shortest TTL accepted
+    let cache = SealCache::builder()
+        .ttl(ttl)
+        .build()
+        .expect("cache on the default BootClock");
+    let epoch = cache.epoch_length();
+    cache.insert("k", "v").unwrap();
+    let inserted = std::time::Instant::now();
+    assert_eq!(cache.stats().live_keys, 1);
+
+    let wiped_within = loop {
+        let seen = cache.stats();
+        let elapsed = inserted.elapsed();
+        if seen.keys_wiped == 1 {
+            assert!(
+                elapsed >= ttl,
+                "key wiped {elapsed:?} after the insert, before the {ttl:?} TTL"
+            );
+            break elapsed;
+        }
+        assert_eq!(seen.keys_wiped, 0);
+        assert!(
+            elapsed < Duration::from_secs(10),
+            "key still live 10 s after the insert"
+        );
+        thread::sleep(Duration::from_millis(10));
+    };
+    // Scheduling slack on a loaded 2-core machine: 1.5 s.
+    let latest = ttl + epoch + Duration::from_millis(1500);
+    assert!(
+        wiped_within <= latest,
+        "key wiped {wiped_within:?} after the insert (deadline at most {:?})",
+        ttl + epoch
+    );
+    assert!(cache.sync_reaper(), "reaper alive");
+    assert!(testing::slab_is_zero(&cache));
+    assert!(cache.is_empty(), "the entry sealed under it was dropped");
+    assert_eq!(cache.stats().live_keys, 0);
+}
+
 fn reaper_threads() -> usize {
     std::fs::read_dir("/proc/self/task")
         .unwrap()
@@ -268,48 +331,33 @@ fn open_fds() -> usize {
 
 #[test]
 fn dropping_the_last_handle_joins_the_reaper_and_leaks_no_fd() {
-    // Serialise against other tests that create caches in parallel by
-    // comparing counts taken around our own cache only.
-    let fds_before = open_fds();
+    // Counted in a child process so that no other test's cache or file
+    // descriptor is counted.
+    if !in_child(
+        "dropping_the_last_handle_joins_the_reaper_and_leaks_no_fd",
+        "last-handle",
+        Duration::from_secs(60),
+    ) {
+        return;
+    }
+    let (threads_before, fds_before) = (reaper_threads(), open_fds());
     let clock = ManualClock::new();
     let cache = cache_with(&clock, 10);
     let clone = cache.clone();
     cache.insert("k", "v").unwrap();
-    assert!(reaper_threads() >= 1);
-    let name_seen = std::fs::read_dir("/proc/self/task").unwrap().any(|t| {
-        std::fs::read_to_string(t.unwrap().path().join("comm"))
-            .map(|c| c.trim() == "sealcache-reape")
-            .unwrap_or(false)
-    });
-    assert!(name_seen, "reaper thread is named sealcache-reaper");
+    assert_eq!(reaper_threads(), threads_before + 1, "one reaper per cache");
     drop(cache);
     assert!(clone.get("k").unwrap().is_some(), "clones share the cache");
+    assert_eq!(reaper_threads(), threads_before + 1, "a clone keeps it");
     drop(clone);
+    assert_eq!(reaper_threads(), threads_before, "reaper joined");
+    assert_eq!(
+        open_fds(),
+        fds_before,
+        "memfd_secret and sentinel fds closed"
+    );
     // The clock no longer reaches a reaper; advancing must not hang.
     clock.advance(Duration::from_secs(3600));
-    let fds_after = open_fds();
-    assert!(
-        fds_after <= fds_before + 2,
-        "fds {fds_before} -> {fds_after}"
-    );
-}
-
-#[test]
-fn reaper_thread_is_joined_on_drop() {
-    // Counted in a child process so that no other test's cache is counted.
-    if std::env::var("SEALCACHE_CHILD_ROLE").as_deref() != Ok("join") {
-        run_child(
-            "reaper_thread_is_joined_on_drop",
-            "join",
-            Duration::from_secs(60),
-        );
-        return;
-    }
-    let before = reaper_threads();
-    let cache = SealCache::builder().build().unwrap();
-    assert_eq!(reaper_threads(), before + 1);
-    drop(cache);
-    assert_eq!(reaper_threads(), before);
 }
 
 #[test]
@@ -364,17 +412,106 @@ fn protections_are_all_verified_on_this_machine() {
     assert!(!anon_report.memfd_secret);
     assert!(anon_report.missing().is_empty(), "{anon_report}");
     assert!(cache.locked_bytes() >= 32 * 6);
+    // What the report says, checked from the kernel's side.
+    assert_slab_protected_by_kernel(&cache, "dc");
+    assert_slab_protected_by_kernel(&anon, "wf");
+}
+
+/// This process's locked memory as the kernel counts it (`VmLck`), in bytes.
+fn vm_locked() -> usize {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmLck:")).unwrap();
+    let kib: usize = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    kib * 1024
 }
 
 #[test]
 fn locked_memory_does_not_grow_with_entries() {
+    // Measured in a child process: `VmLck` counts every cache in the process.
+    if !in_child(
+        "locked_memory_does_not_grow_with_entries",
+        "vmlck",
+        Duration::from_secs(120),
+    ) {
+        return;
+    }
     let clock = ManualClock::new();
     let cache = cache_with(&clock, 20_000);
-    let locked = cache.locked_bytes();
-    for i in 0..20_000u32 {
+    // One entry, read once through `with`: the slab and one pooled scratch
+    // buffer are locked.
+    cache.insert(&0u32.to_le_bytes(), &[1u8; 64]).unwrap();
+    assert_eq!(
+        cache.with(&0u32.to_le_bytes(), |b| b.len()).unwrap(),
+        Some(64)
+    );
+    let (locked, kernel) = (cache.locked_bytes(), vm_locked());
+    assert!(kernel >= locked, "VmLck {kernel} < slab {locked}");
+    for i in 1..20_000u32 {
         cache.insert(&i.to_le_bytes(), &[1u8; 64]).unwrap();
     }
+    for i in (0..20_000u32).step_by(7) {
+        assert_eq!(cache.with(&i.to_le_bytes(), |b| b[0]).unwrap(), Some(1));
+    }
+    assert_eq!(cache.len(), 20_000);
     assert_eq!(cache.locked_bytes(), locked);
+    assert_eq!(vm_locked(), kernel, "20,000 entries locked no more memory");
+}
+
+/// The `/proc/self/smaps` mappings as (start, end, perms, VmFlags).
+fn smaps() -> Vec<(usize, usize, String, Vec<String>)> {
+    let text = std::fs::read_to_string("/proc/self/smaps").unwrap();
+    let mut out: Vec<(usize, usize, String, Vec<String>)> = Vec::new();
+    for line in text.lines() {
+        if let Some(flags) = line.strip_prefix("VmFlags:") {
+            if let Some(last) = out.last_mut() {
+                last.3 = flags.split_whitespace().map(String::from).collect();
+            }
+            continue;
+        }
+        let mut fields = line.split_whitespace();
+        let (Some(range), Some(perms)) = (fields.next(), fields.next()) else {
+            continue;
+        };
+        let Some((start, end)) = range.split_once('-') else {
+            continue;
+        };
+        if let (Ok(start), Ok(end)) = (
+            usize::from_str_radix(start, 16),
+            usize::from_str_radix(end, 16),
+        ) {
+            out.push((start, end, perms.to_string(), Vec::new()));
+        }
+    }
+    out
+}
+
+/// Checks the key slab's protections from the kernel's side, independently
+/// of what `protections()` says: the slab's mapping is locked (`lo`), left
+/// out of core dumps (`dd`) and kept from a forked child (`wf`, wipe on
+/// fork, for anonymous memory; `dc`, not copied, for `memfd_secret`), and
+/// the pages just before and after it are inaccessible guard pages.
+fn assert_slab_protected_by_kernel(cache: &SealCache, fork_flag: &str) {
+    let slab = testing::slab_range(cache);
+    let maps = smaps();
+    let find = |addr: usize| {
+        maps.iter()
+            .find(|(start, end, _, _)| (*start..*end).contains(&addr))
+            .unwrap_or_else(|| panic!("no mapping holds {addr:#x}"))
+    };
+    let (_, _, perms, flags) = find(slab.start);
+    assert!(perms.starts_with("rw"), "slab mapping {perms}");
+    for flag in ["lo", "dd", fork_flag] {
+        assert!(
+            flags.iter().any(|f| f == flag),
+            "slab mapping lacks VmFlag {flag}: {flags:?}"
+        );
+    }
+    let page = 4096;
+    let before = find(slab.start / page * page - 1);
+    let after = find(slab.end.div_ceil(page) * page);
+    for (_, _, perms, _) in [before, after] {
+        assert!(perms.starts_with("---"), "guard page is {perms}");
+    }
 }
 
 #[test]
@@ -533,6 +670,16 @@ fn from_env_reads_the_documented_variables() {
 
 /// Runs this test binary again as a child with `role` set, and fails if it
 /// fails or takes longer than `limit`.
+/// In the parent, runs `test` again in a child process in `role` (which
+/// must pass within `limit`) and returns false; in that child, returns true.
+fn in_child(test: &str, role: &str, limit: Duration) -> bool {
+    if std::env::var("SEALCACHE_CHILD_ROLE").as_deref() == Ok(role) {
+        return true;
+    }
+    run_child(test, role, limit);
+    false
+}
+
 fn run_child(test: &str, role: &str, limit: Duration) {
     let exe = std::env::current_exe().unwrap();
     let mut child = std::process::Command::new(exe)
@@ -556,12 +703,11 @@ fn run_child(test: &str, role: &str, limit: Duration) {
 
 #[test]
 fn a_forked_child_refuses_to_serve_and_never_waits_for_a_reaper() {
-    if std::env::var("SEALCACHE_CHILD_ROLE").as_deref() != Ok("fork") {
-        run_child(
-            "a_forked_child_refuses_to_serve_and_never_waits_for_a_reaper",
-            "fork",
-            Duration::from_secs(60),
-        );
+    if !in_child(
+        "a_forked_child_refuses_to_serve_and_never_waits_for_a_reaper",
+        "fork",
+        Duration::from_secs(60),
+    ) {
         return;
     }
     let clock = ManualClock::new();

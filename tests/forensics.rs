@@ -85,14 +85,34 @@ fn run_child(role: &str) {
         .clock(clock.clone())
         .build()
         .expect("build cache (the protections these tests attack must be available)");
+    // The dump tests' positive control: kept on the heap until the end.
+    let mut marker = vec![0u8; NEEDLE_LEN];
+    forensics::random_secret(&mut marker);
+    forensics::send_hex("marker", &marker);
     let mut fingerprints = Vec::with_capacity(N);
     let names: Vec<String> = (0..N).map(|i| format!("secret-{i:03}")).collect();
+    // Every other secret goes in as an owned vector, which `insert` must
+    // wipe once sealed. All of them are allocated before the first insert,
+    // so each has its own heap chunk: a freed, unwiped one is not handed
+    // straight to the next vector and overwritten.
+    let mut owned: Vec<Vec<u8>> = (0..N / 2)
+        .map(|_| {
+            let mut secret = vec![0u8; SECRET_LEN];
+            forensics::random_secret(&mut secret);
+            secret
+        })
+        .collect();
     // Two epochs: half the secrets at t = 0, half at t = 15 s.
     for (i, name) in names.iter().enumerate() {
         if i == N / 2 {
             clock.advance(EPOCH);
         }
-        insert_random(&cache, name, &mut fingerprints);
+        if i % 2 == 0 {
+            let secret = owned.pop().expect("one owned secret per even index");
+            insert_owned(&cache, name, secret, &mut fingerprints);
+        } else {
+            insert_random(&cache, name, &mut fingerprints);
+        }
     }
     export_keys(&cache);
     for name in &names {
@@ -103,16 +123,20 @@ fn run_child(role: &str) {
         }));
     }
     if read_back {
+        // Every `SecretBytes` is held until all are read, so each has its
+        // own heap chunk when they are dropped (and must be wiped).
+        let mut held = Vec::with_capacity(N);
         for (name, want) in names.iter().zip(&fingerprints) {
             let secret = cache.get(name).expect("get").expect("live");
             assert_eq!(forensics::fingerprint(secret.expose_secret()), *want);
-            drop(secret);
+            held.push(secret);
             let seen = cache
                 .with(name, forensics::fingerprint)
                 .expect("with")
                 .expect("live");
             assert_eq!(seen, *want);
         }
+        drop(held);
     }
     match finish {
         Finish::Block | Finish::Abort => {}
@@ -137,6 +161,7 @@ fn run_child(role: &str) {
     if finish == Finish::Abort {
         std::process::abort();
     }
+    std::hint::black_box(&marker);
     drop(cache);
 }
 
@@ -149,6 +174,14 @@ fn insert_random(cache: &SealCache, name: &str, fingerprints: &mut Vec<u64>) {
     cache.insert(name, &secret[..]).expect("insert");
     forensics::send_hex("plain", &secret[SECRET_LEN - NEEDLE_LEN..]);
     secret.zeroize();
+}
+
+/// Inserts `secret`, an owned vector the cache consumes and must wipe, and
+/// sends it to the parent first.
+fn insert_owned(cache: &SealCache, name: &str, secret: Vec<u8>, fingerprints: &mut Vec<u64>) {
+    fingerprints.push(forensics::fingerprint(&secret));
+    forensics::send_hex("plain", &secret[SECRET_LEN - NEEDLE_LEN..]);
+    cache.insert(name, secret).expect("insert");
 }
 
 /// Sends every live epoch key to the parent from a helper thread that wipes
@@ -429,6 +462,11 @@ fn gcore_of_a_live_process_holds_no_epoch_key() {
         let scan = forensics::scan_file(&core, &observed.needles);
         report(TEST, &scan, &observed);
         assert!(scan.bytes > 1 << 20, "core file too small: {}", scan.bytes);
+        assert!(
+            scan.found(Kind::Marker) >= 1,
+            "{role}: the core lacks the marker the child keeps on its heap \
+             (check /proc/self/coredump_filter): finding nothing in it proves nothing"
+        );
         assert_eq!(scan.found(Kind::Key), 0, "{role}: {}", scan.describe());
         assert_eq!(
             scan.found(Kind::Plaintext),
@@ -484,6 +522,11 @@ fn kernel_core_dump_on_abort_holds_no_epoch_key() {
         let scan = forensics::scan_file(&core, &observed.needles);
         report(TEST, &scan, &observed);
         assert!(scan.bytes > 1 << 20, "core file too small: {}", scan.bytes);
+        assert!(
+            scan.found(Kind::Marker) >= 1,
+            "{role}: the core lacks the marker the child keeps on its heap \
+             (check /proc/self/coredump_filter): finding nothing in it proves nothing"
+        );
         assert_eq!(scan.found(Kind::Key), 0, "{role}: {}", scan.describe());
         assert_eq!(
             scan.found(Kind::Plaintext),

@@ -501,6 +501,9 @@ fn text_of_every_public_type_error_and_panicking_loader_holds_no_secret() {
     let too_long = cache
         .insert(&vec![b'k'; 1 << 20], &raw[..])
         .expect_err("key too long");
+    let value_too_long = cache
+        .insert("big", vec![0u8; sealcache::MAX_VALUE_LEN + 1])
+        .expect_err("value too long");
     let config = SealCache::builder()
         .ttl(Duration::ZERO)
         .build()
@@ -513,6 +516,7 @@ fn text_of_every_public_type_error_and_panicking_loader_holds_no_secret() {
     for err in [
         integrity,
         too_long,
+        value_too_long,
         config,
         Error::Forked,
         Error::Random,
@@ -611,6 +615,18 @@ fn keeper_child() {
     getrandom::fill(&mut on_heap).expect("getrandom");
     forensics::send_hex("plain", &on_stack);
     forensics::send_hex("plain", &on_heap);
+    // Freed without wiping, as a buggy library would: a 48-byte secret
+    // (looked for by its last 32 bytes, as tests/forensics.rs does) and a
+    // 32-byte key (looked for by its last 16 bytes too). Nothing allocates
+    // between the frees and the scan, so their chunks are not reused.
+    let mut freed_secret = vec![0u8; NEEDLE_LEN + 16];
+    getrandom::fill(&mut freed_secret).expect("getrandom");
+    forensics::send_hex("plain", &freed_secret[16..]);
+    let mut freed_key = vec![0u8; NEEDLE_LEN];
+    getrandom::fill(&mut freed_key).expect("getrandom");
+    forensics::send_hex("key", &freed_key);
+    drop(std::hint::black_box(freed_secret));
+    drop(std::hint::black_box(freed_key));
     forensics::wait_for_parent();
     std::hint::black_box((&on_stack, &on_heap));
     on_stack.zeroize();
@@ -619,7 +635,9 @@ fn keeper_child() {
 
 /// The scanner is not blind: two secrets a child deliberately keeps (one on
 /// its stack, one on its heap) are both found by the parent's scan of
-/// `/proc/CHILD/mem`, on the stack and heap respectively.
+/// `/proc/CHILD/mem`, on the stack and heap respectively; so are a secret
+/// and a key it freed without wiping, whose first 16 bytes glibc has
+/// overwritten.
 #[test]
 fn scanner_finds_secrets_a_child_keeps_on_its_stack_and_heap() {
     const TEST: &str = "scanner_finds_secrets_a_child_keeps_on_its_stack_and_heap";
@@ -631,15 +649,29 @@ fn scanner_finds_secrets_a_child_keeps_on_its_stack_and_heap() {
     let needles = Needles::from_lines(&lines);
     let scan = forensics::scan_process(child.pid(), &needles);
     eprintln!("[{TEST}] {}", scan.describe());
-    for needle in 0..2 {
+    // Needles 0..3 are the plaintexts in the order sent (kept on the stack,
+    // kept on the heap, freed); needle 3 is the freed key.
+    for (needle, kind) in [
+        (0, Kind::Plaintext),
+        (1, Kind::Plaintext),
+        (2, Kind::Plaintext),
+        (3, Kind::Key),
+    ] {
         assert!(
             scan.hits
                 .iter()
-                .any(|h| h.needle == needle && h.kind == Kind::Plaintext),
-            "kept secret #{needle} not found:\n{}",
+                .any(|h| h.needle == needle && h.kind == kind),
+            "{kind:?} #{needle} not found:\n{}",
             scan.describe()
         );
     }
+    assert!(
+        scan.hits
+            .iter()
+            .any(|h| h.needle == 3 && h.location.contains("last 16 bytes only")),
+        "the freed key is found by its tail:\n{}",
+        scan.describe()
+    );
     assert!(
         scan.hits.iter().any(|h| h.location.contains("stack")),
         "{}",

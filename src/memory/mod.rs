@@ -14,6 +14,7 @@
 mod anon;
 mod buf;
 mod process;
+mod registers;
 mod report;
 mod secret_mem;
 mod sentinel;
@@ -29,6 +30,7 @@ pub use process::{HardeningError, HardeningStep, ProcessHardening, harden_proces
 pub use report::{Backend, ProtectionFailure, ProtectionKind, Protections, SlabBackend};
 
 pub(crate) use buf::LockedBuf;
+pub(crate) use registers::wipe_vector_registers;
 pub(crate) use shared::{SharedSlab, SlabWrite};
 pub(crate) use slab::LockedSlab;
 pub(crate) use time::boottime_now;

@@ -356,13 +356,26 @@ pub enum Kind {
     /// A per-entry XChaCha20 subkey, HChaCha20(epoch key, nonce[..16]):
     /// with it and the entry's ciphertext, that one entry opens.
     Subkey,
+    /// Random, non-secret bytes the child keeps on its heap on purpose: a
+    /// dump that lacks them did not capture the heap, and finding no
+    /// secret in it proves nothing.
+    Marker,
 }
 
-/// The byte strings to look for, indexed by their first two bytes.
+/// Bytes of a key or subkey needle that glibc leaves intact in a freed
+/// small buffer: it writes its free-list links over the first 16 bytes, so
+/// a freed, unwiped 32-byte copy keeps only its last 16.
+const TAIL_LEN: usize = NEEDLE_LEN - 16;
+
+/// The byte strings to look for, indexed by their first two bytes. Keys
+/// and subkeys are also looked for by their last [`TAIL_LEN`] bytes alone
+/// (indexed by the first two of those), so a freed copy is found too.
 pub struct Needles {
     needles: Vec<(Kind, [u8; NEEDLE_LEN])>,
     by_prefix: HashMap<u16, Vec<usize>>,
     present: Vec<bool>,
+    tails_by_prefix: HashMap<u16, Vec<usize>>,
+    tail_present: Vec<bool>,
 }
 
 impl Needles {
@@ -371,6 +384,9 @@ impl Needles {
         let mut needles = Vec::new();
         for hex in tagged(lines, "plain") {
             needles.push((Kind::Plaintext, unhex(hex)));
+        }
+        for hex in tagged(lines, "marker") {
+            needles.push((Kind::Marker, unhex(hex)));
         }
         let keys: Vec<[u8; NEEDLE_LEN]> = tagged(lines, "key").into_iter().map(unhex).collect();
         for key in &keys {
@@ -391,15 +407,25 @@ impl Needles {
         }
         let mut by_prefix: HashMap<u16, Vec<usize>> = HashMap::new();
         let mut present = vec![false; 1 << 16];
-        for (i, (_, bytes)) in needles.iter().enumerate() {
+        let mut tails_by_prefix: HashMap<u16, Vec<usize>> = HashMap::new();
+        let mut tail_present = vec![false; 1 << 16];
+        for (i, (kind, bytes)) in needles.iter().enumerate() {
             let prefix = u16::from_le_bytes([bytes[0], bytes[1]]);
             by_prefix.entry(prefix).or_default().push(i);
             present[usize::from(prefix)] = true;
+            if matches!(kind, Kind::Key | Kind::Subkey) {
+                let tail = NEEDLE_LEN - TAIL_LEN;
+                let prefix = u16::from_le_bytes([bytes[tail], bytes[tail + 1]]);
+                tails_by_prefix.entry(prefix).or_default().push(i);
+                tail_present[usize::from(prefix)] = true;
+            }
         }
         Self {
             needles,
             by_prefix,
             present,
+            tails_by_prefix,
+            tail_present,
         }
     }
 
@@ -408,25 +434,41 @@ impl Needles {
         self.needles.iter().filter(|(k, _)| *k == kind).count()
     }
 
-    /// Appends every occurrence in `data` (which starts at address `base`).
+    /// Appends every occurrence in `data` (which starts at address `base`):
+    /// whole needles, and key or subkey tails that are not the end of a
+    /// whole occurrence.
     fn scan(&self, data: &[u8], base: usize, label: &str, hits: &mut Vec<Hit>) {
-        if data.len() < NEEDLE_LEN {
+        if data.len() < TAIL_LEN {
             return;
         }
-        for i in 0..=data.len() - NEEDLE_LEN {
-            let prefix = u16::from_le_bytes([data[i], data[i + 1]]);
-            if !self.present[usize::from(prefix)] {
-                continue;
+        let head = NEEDLE_LEN - TAIL_LEN;
+        for i in 0..=data.len() - TAIL_LEN {
+            let prefix = usize::from(u16::from_le_bytes([data[i], data[i + 1]]));
+            if self.present[prefix] && i + NEEDLE_LEN <= data.len() {
+                for &n in &self.by_prefix[&(prefix as u16)] {
+                    let (kind, bytes) = &self.needles[n];
+                    if data[i..i + NEEDLE_LEN] == bytes[..] {
+                        hits.push(Hit {
+                            kind: *kind,
+                            needle: n,
+                            address: base + i,
+                            location: label.to_string(),
+                        });
+                    }
+                }
             }
-            for &n in &self.by_prefix[&prefix] {
-                let (kind, bytes) = &self.needles[n];
-                if data[i..i + NEEDLE_LEN] == bytes[..] {
-                    hits.push(Hit {
-                        kind: *kind,
-                        needle: n,
-                        address: base + i,
-                        location: label.to_string(),
-                    });
+            if self.tail_present[prefix] {
+                for &n in &self.tails_by_prefix[&(prefix as u16)] {
+                    let (kind, bytes) = &self.needles[n];
+                    let whole = i >= head && data[i - head..i + TAIL_LEN] == bytes[..];
+                    if data[i..i + TAIL_LEN] == bytes[head..] && !whole {
+                        hits.push(Hit {
+                            kind: *kind,
+                            needle: n,
+                            address: base + i,
+                            location: format!("{label} (its last {TAIL_LEN} bytes only)"),
+                        });
+                    }
                 }
             }
         }
