@@ -250,7 +250,10 @@ impl Builder {
     }
 
     /// Time to live of every entry: an entry inserted at `t` is never
-    /// returned at or after `t + ttl`. Default 60 s; accepted 1 s ..= 3600 s.
+    /// returned by [`get`](crate::SealCache::get) or
+    /// [`with`](crate::SealCache::with) at or after `t + ttl` (for
+    /// `get_or_try_load`, see [`max_stale`](Self::max_stale)). Default 60 s;
+    /// accepted 1 s ..= 3600 s.
     pub fn ttl(mut self, ttl: Duration) -> Self {
         self.ttl = ttl;
         self
@@ -264,10 +267,12 @@ impl Builder {
     }
 
     /// Length of one key epoch. Entries inserted during one epoch share one
-    /// key, wiped one TTL after the epoch ends, so a copy of an expired
-    /// entry's ciphertext stays decryptable for at most this long after the
-    /// entry expired. Default TTL/4; accepted TTL/64 ..= TTL (this bounds the
-    /// number of live keys to TTL/epoch + 2).
+    /// key, wiped one TTL (plus [`max_stale`](Self::max_stale)) after the
+    /// epoch ends, so a copy of an expired entry's ciphertext stays
+    /// decryptable for at most this long after the entry expired, plus the
+    /// jitter taken off its TTL ([`ttl_jitter`](Self::ttl_jitter)) and
+    /// `max_stale` when those are set. Default TTL/4; accepted TTL/64 ..= TTL
+    /// (this bounds the number of live keys to (TTL + `max_stale`)/epoch + 2).
     pub fn epoch_length(mut self, epoch: Duration) -> Self {
         self.epoch = Some(epoch);
         self

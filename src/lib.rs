@@ -16,16 +16,23 @@
 //! - **Keys in locked memory.** Epoch keys live in one slab allocated with
 //!   guard pages, a canary, `mlock` and `MADV_DONTDUMP` (or in a
 //!   `memfd_secret` mapping the kernel hides even from root's
-//!   `/proc/PID/mem`), wiped in a forked child. Each protection is verified
-//!   by the result of its own system call and reported by
-//!   [`SealCache::protections`]; [`Protection::Require`] (the default) refuses
-//!   to build a cache without them.
+//!   `/proc/PID/mem`), wiped in a forked child. Each protection is reported
+//!   by [`SealCache::protections`]: one applied by a system call only once
+//!   the call's result (for the `memfd_secret` lock, `/proc/self/smaps`)
+//!   confirms it; the anonymous backend's canary, the `memfd_secret`
+//!   mapping's guard pages and fork detection hold by how the slab is built.
+//!   [`Protection::Require`] (the default) refuses to build a cache without
+//!   them.
 //! - **Exact expiry, self-shredding keys.** An entry inserted at `t` is never
-//!   returned at or after `t + ttl`. The key of epoch `e` is wiped by a
-//!   dedicated reaper thread at `end(e) + ttl` (plus `max_stale` when
-//!   stale-if-error is on), with no cache traffic, so a copy of an expired
-//!   entry's ciphertext is undecryptable at most one epoch (TTL/4 by
-//!   default) after the entry expired.
+//!   returned by [`SealCache::get`] or [`SealCache::with`] at or after
+//!   `t + ttl`; only with the opt-in [`Builder::max_stale`] may
+//!   [`SealCache::get_or_try_load`] serve it after that, when its reload
+//!   fails, and then for less than `max_stale` past its expiry. The key of
+//!   epoch `e` is wiped by a dedicated reaper thread at `end(e) + ttl` (plus
+//!   `max_stale` when stale-if-error is on), with no cache traffic, so a copy
+//!   of an expired entry's ciphertext is undecryptable at most one epoch
+//!   (TTL/4 by default) after the entry expired, plus the jitter taken off
+//!   its TTL ([`Builder::ttl_jitter`]) and `max_stale` when those are set.
 //!   [`SealCache::invalidate_all`] shreds every key at once.
 //! - **Plaintext on a short leash.** [`SealCache::get`] returns
 //!   [`SecretBytes`] (exact-size, zeroized on drop, redacted `Debug`,

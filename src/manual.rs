@@ -7,28 +7,37 @@
 //! per entry into a resource the kernel rations (`RLIMIT_MEMLOCK`). A single
 //! key would make expiry meaningless: any old ciphertext stays decryptable
 //! while the key lives. Epochs sit between: all entries sealed during one
-//! epoch of length R share its key, which is wiped at `end(e) + TTL`, the
-//! moment the last of them has expired. A copy of an expired entry's
-//! ciphertext (in freed heap, in swap, in a core file) therefore becomes
-//! undecryptable at most R after the entry expired.
+//! epoch of length R share its key, which is wiped at `end(e) + TTL` (plus
+//! `max_stale`, when set), the moment the last of them has expired (and can
+//! no longer be served stale). A copy of an expired entry's ciphertext (in
+//! freed heap, in swap, in a core file) therefore becomes undecryptable at
+//! most R after the entry expired, plus the jitter taken off its TTL and
+//! `max_stale` when those are set.
 //!
-//! R trades that window against the number of live keys, `TTL/R + 2` at
-//! most: R = TTL/4 keeps six 32-byte keys live and the window at a quarter of
-//! the TTL. The accepted range TTL/64 ..= TTL bounds the slab to one page.
+//! R trades that window against the number of live keys,
+//! `(TTL + max_stale)/R + 2` at most: R = TTL/4 without `max_stale` keeps
+//! six 32-byte keys live and the window at a quarter of the TTL. One page
+//! holds 127 keys (4,096 bytes less a 16-byte canary). The accepted range
+//! TTL/64 ..= TTL keeps the slab to that page unless `(TTL + max_stale)/R`
+//! exceeds 125, which only an epoch near TTL/64 with a `max_stale` near the
+//! TTL reaches; the slab then takes two pages.
 //!
 //! # Why one slab
 //!
-//! Locked memory is rationed per process; `memfd_secret` charges 16 KiB of
-//! it per allocation, and memsec spends four pages (guard pages, header)
-//! per allocation. One slab sized for every key that can be live at once
-//! costs one data page, does not grow with the number of entries, and lets a
+//! Locked memory is rationed per process (`memfd_secret` pages count
+//! against the same limit), and memsec spends four pages (guard pages,
+//! header) per allocation. One slab sized for every key that can be live at
+//! once costs one page of locked memory per cache (the pooled `with`
+//! scratch buffers, separate allocations, add one page each for secrets of
+//! up to 4,080 bytes), does not grow with the number of entries, and lets a
 //! single `wipe` crypto-erase the whole cache (`invalidate_all`).
 //!
 //! Keys are addressed by a monotonically increasing id in slot
 //! `id % slots`. The slab has at least `key_life / R + 2` slots, so a slot is
-//! only reused after its previous key's deadline; key creation also wipes
-//! any key whose deadline has passed, so a stalled reaper cannot let keys
-//! outlive their deadline by more than one epoch.
+//! only reused after its previous key's deadline; key creation (the first
+//! insert of each epoch) also wipes any key whose deadline has passed, so as
+//! long as inserts continue, a stalled reaper cannot let keys outlive their
+//! deadline by more than one epoch.
 //!
 //! # Why a reaper thread
 //!
@@ -66,12 +75,13 @@
 //! entry; eviction removes the globally oldest. The model-based property
 //! tests and the `cache_ops` fuzz target hold the cache to that exact model.
 //!
-//! The price is paid on every hit: the entry is relinked at the head of its
-//! shard's recency list and takes a tick from one shared counter. When two
-//! threads read keys spread over every shard, those cache lines move between
-//! their cores. On the 2-vCPU machine of BENCHMARKS.md, `get` goes from 1
-//! to 2 threads at about 1.4–1.5× (the AEAD alone: 1.8×); with the recency
-//! update compiled out it measured 1.6–1.7×. An approximate LRU would buy
+//! The price is paid on every hit: it takes a tick from one shared counter
+//! and, unless its entry is already at the head of its shard's recency
+//! list, relinks the entry there. When two threads read keys spread over
+//! every shard, those cache lines move between their cores. On the 2-vCPU
+//! machine of BENCHMARKS.md, `get` goes from 1 to 2 threads at about
+//! 1.4–1.5× (the raw AEAD open alone: 2.04×); with the recency update
+//! compiled out it measured 1.6–1.7×. An approximate LRU would buy
 //! part of that difference and lose the exact eviction order the tests hold
 //! the cache to. The shared tick is also a single cache line that every hit
 //! on every core writes. On a machine with many cores, it rather than the
