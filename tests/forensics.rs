@@ -1,6 +1,6 @@
 //! Memory-forensics tests: a parent process reads a child's memory from
 //! outside (`/proc/CHILD/mem`, `gcore`, a kernel core dump) and counts the
-//! child's secrets and epoch keys it finds. Claims 1, 2, 3 and 8 of
+//! child's secrets and epoch keys it finds. Claims C1–C6, L1 and C13 of
 //! THREAT_MODEL.md.
 //!
 //! Each test re-executes this binary as a child (see `forensics/mod.rs`).
@@ -298,7 +298,7 @@ fn assert_no_trace_after(test: &str, role: &str) {
 }
 
 // ---------------------------------------------------------------------------
-// Claim 1: live dump at rest.
+// Claims C1 and L1: live dump at rest.
 // ---------------------------------------------------------------------------
 
 /// 200 secrets at rest, none exposed, keys in memfd_secret: root reading
@@ -367,7 +367,7 @@ fn live_dump_of_the_anonymous_backend_finds_no_plaintext_but_root_reads_the_keys
 }
 
 // ---------------------------------------------------------------------------
-// Claims 2 and 8: after expiry / invalidate_all; stack and heap residue.
+// Claims C2–C4: after expiry / invalidate_all; stack and heap residue.
 // ---------------------------------------------------------------------------
 
 /// 200 secrets inserted, read back with `get` and `with`, every
@@ -424,7 +424,7 @@ fn seal_and_open_leave_no_key_or_plaintext_on_stacks_or_heap() {
 }
 
 // ---------------------------------------------------------------------------
-// Claim 3: core dumps.
+// Claims C5, C6 and C13: core dumps.
 // ---------------------------------------------------------------------------
 
 fn gcore(pid: u32, dir: &Path) -> std::path::PathBuf {

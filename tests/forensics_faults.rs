@@ -1,5 +1,5 @@
-//! Fault tests against the real process: guard pages and canary (claim 4),
-//! fork (claim 5), lock failure (claim 6), leak-free text (claim 7), and a
+//! Fault tests against the real process: guard pages and canary (claims
+//! C7–C9), fork (C10), lock failure (C11), leak-free text (C12), and a
 //! positive control proving the scanner finds what a child does keep.
 //!
 //! Tests that crash re-execute this binary as a child (see
@@ -41,7 +41,7 @@ fn small_cache(backend: Backend) -> (SealCache, ManualClock) {
 }
 
 // ---------------------------------------------------------------------------
-// Claim 4: guard pages and canary.
+// Claims C7–C9: guard pages and canary.
 // ---------------------------------------------------------------------------
 
 /// Child: builds a cache on `backend` and writes one byte at `offset` from
@@ -137,7 +137,7 @@ fn corrupted_canary_aborts_when_the_slab_is_freed() {
 }
 
 // ---------------------------------------------------------------------------
-// Claim 5: fork.
+// Claim C10: fork.
 // ---------------------------------------------------------------------------
 
 /// Forks, runs `f` in the grandchild (which `_exit`s with its result), and
@@ -266,7 +266,7 @@ fn forked_child_holds_no_key_and_gets_forked_error_while_parent_works() {
 }
 
 // ---------------------------------------------------------------------------
-// Claim 6: lock failure.
+// Claim C11: lock failure.
 // ---------------------------------------------------------------------------
 
 const CAP_IPC_LOCK: u32 = 14;
@@ -432,7 +432,7 @@ fn without_cap_ipc_lock_and_memlock_require_fails_typed_and_best_effort_reports(
 }
 
 // ---------------------------------------------------------------------------
-// Claim 7: leak-free text.
+// Claim C12: leak-free text.
 // ---------------------------------------------------------------------------
 
 /// Every rendering of a secret that a formatter could produce: raw, hex

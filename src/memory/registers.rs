@@ -10,8 +10,8 @@
 
 /// Zeroes the vector registers that can hold AEAD residue on this CPU:
 /// `ymm0`–`ymm15` (`vzeroall`; `xmm0`–`xmm15` without AVX) and, with
-/// AVX-512, `zmm16`–`zmm31`. A no-op on other architectures (not claimed
-/// there: see THREAT_MODEL.md).
+/// AVX-512VL, `zmm16`–`zmm31` (every AVX-512 CPU but the Xeon Phi has VL).
+/// A no-op on other architectures (not claimed there: see THREAT_MODEL.md).
 #[inline(never)]
 pub(crate) fn wipe_vector_registers() {
     #[cfg(target_arch = "x86_64")]
@@ -61,42 +61,46 @@ mod x86_64 {
                 );
             }
         }
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            // SAFETY: AVX-512F is present (checked above), which is the
-            // only requirement of `wipe_upper_zmm`.
-            unsafe { wipe_upper_zmm() }
+        if std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512vl")
+        {
+            // SAFETY: AVX-512F and VL are present (checked above), the only
+            // requirement of `wipe_upper_vector_registers`.
+            unsafe { wipe_upper_vector_registers() }
         }
     }
 
-    /// Zeroes `zmm16`–`zmm31`, which `vzeroall` does not touch.
+    /// Zeroes `zmm16`–`zmm31`, which `vzeroall` does not touch, with 256-bit
+    /// instructions: writing a `ymm` register clears the rest of its `zmm`,
+    /// and no 512-bit instruction runs (which on some CPUs lowers the clock).
     ///
     /// # Safety
     ///
-    /// The CPU must support AVX-512F.
-    #[target_feature(enable = "avx512f")]
-    unsafe fn wipe_upper_zmm() {
-        // SAFETY: AVX-512F is enabled for this function (the caller's
-        // contract). Each `vpxord` only writes its own register, all of them
-        // declared clobbered by `clobber_abi("C")`; no memory or flags are
-        // touched.
+    /// The CPU must support AVX-512F and AVX-512VL.
+    #[target_feature(enable = "avx512f,avx512vl")]
+    unsafe fn wipe_upper_vector_registers() {
+        // SAFETY: AVX-512F and VL are enabled for this function (the
+        // caller's contract). Each `vpxord` only writes its own register,
+        // all of them declared clobbered by `clobber_abi("C")`; no memory or
+        // flags are touched.
         unsafe {
             asm!(
-                "vpxord zmm16, zmm16, zmm16",
-                "vpxord zmm17, zmm17, zmm17",
-                "vpxord zmm18, zmm18, zmm18",
-                "vpxord zmm19, zmm19, zmm19",
-                "vpxord zmm20, zmm20, zmm20",
-                "vpxord zmm21, zmm21, zmm21",
-                "vpxord zmm22, zmm22, zmm22",
-                "vpxord zmm23, zmm23, zmm23",
-                "vpxord zmm24, zmm24, zmm24",
-                "vpxord zmm25, zmm25, zmm25",
-                "vpxord zmm26, zmm26, zmm26",
-                "vpxord zmm27, zmm27, zmm27",
-                "vpxord zmm28, zmm28, zmm28",
-                "vpxord zmm29, zmm29, zmm29",
-                "vpxord zmm30, zmm30, zmm30",
-                "vpxord zmm31, zmm31, zmm31",
+                "vpxord ymm16, ymm16, ymm16",
+                "vpxord ymm17, ymm17, ymm17",
+                "vpxord ymm18, ymm18, ymm18",
+                "vpxord ymm19, ymm19, ymm19",
+                "vpxord ymm20, ymm20, ymm20",
+                "vpxord ymm21, ymm21, ymm21",
+                "vpxord ymm22, ymm22, ymm22",
+                "vpxord ymm23, ymm23, ymm23",
+                "vpxord ymm24, ymm24, ymm24",
+                "vpxord ymm25, ymm25, ymm25",
+                "vpxord ymm26, ymm26, ymm26",
+                "vpxord ymm27, ymm27, ymm27",
+                "vpxord ymm28, ymm28, ymm28",
+                "vpxord ymm29, ymm29, ymm29",
+                "vpxord ymm30, ymm30, ymm30",
+                "vpxord ymm31, ymm31, ymm31",
                 clobber_abi("C"),
                 options(nomem, nostack, preserves_flags)
             );
