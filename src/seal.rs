@@ -346,17 +346,6 @@ const STACK_WIPE_BYTES: usize = if cfg!(debug_assertions) {
     4096
 };
 
-/// Overwrites [`STACK_WIPE_BYTES`] of the stack below the caller's frame
-/// with zeros, erasing what the AEAD left in its dead frames: the HChaCha20
-/// state and ring's un-zeroized copy of the per-entry subkey (which, with the
-/// entry's ciphertext, opens that entry even after its epoch key is wiped).
-/// Must be called right after the AEAD returns, from the frame that called
-/// it.
-///
-/// The zeroed array is handed to `black_box`, which the optimiser must
-/// treat as reading it, so the fill (a `memset`, tens of nanoseconds for
-/// 4 KiB) cannot be elided; `tests/forensics.rs` verifies the effect by
-/// scanning the process for subkeys.
 /// Erases what an AEAD call leaves behind: its dead stack frames
 /// ([`wipe_stack`]) and the vector registers that still hold the subkey
 /// ([`memory::wipe_vector_registers`](crate::memory::wipe_vector_registers);
@@ -368,6 +357,17 @@ fn wipe_aead_residue() {
     crate::memory::wipe_vector_registers();
 }
 
+/// Overwrites [`STACK_WIPE_BYTES`] of the stack below the caller's frame
+/// with zeros, erasing what the AEAD left in its dead frames: the HChaCha20
+/// state and ring's un-zeroized copy of the per-entry subkey (which, with the
+/// entry's ciphertext, opens that entry even after its epoch key is wiped).
+/// Must be called right after the AEAD returns, from the frame that called
+/// it.
+///
+/// The zeroed array is handed to `black_box`, which the optimiser must
+/// treat as reading it, so the fill (a `memset`, tens of nanoseconds for
+/// 4 KiB) cannot be elided; `tests/forensics.rs` verifies the effect by
+/// scanning the process for subkeys.
 #[inline(never)]
 fn wipe_stack() {
     let area = [0u8; STACK_WIPE_BYTES];
