@@ -122,7 +122,8 @@
 //!
 //! # What is exact and what is best effort
 //!
-//! Exact: expiry at `t + ttl`, the LRU bound, single flight, fencing, key
+//! Exact: expiry at `t + ttl` (earlier by the entry's own jitter when the
+//! opt-in `ttl_jitter` is set), the LRU bound, single flight, fencing, key
 //! deadlines as computed. Bounded but not instant: the reaper's wipe after a
 //! deadline (thread scheduling, at most one second of sleep granularity).
 //! Best effort: anything the platform refuses, which
