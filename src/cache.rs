@@ -210,6 +210,14 @@ impl SealCache {
         &self.shared.core
     }
 
+    /// Whether this process is a fork of the one that built the cache.
+    /// Every public entry point checks it before taking any lock: a lock
+    /// that another thread of the parent held at `fork()` stays held forever
+    /// in the child, where that thread does not exist.
+    pub(crate) fn forked(&self) -> bool {
+        self.core().keyring.forked()
+    }
+
     pub(crate) fn now(&self) -> u64 {
         nanos(self.core().settings.clock.now())
     }
@@ -263,6 +271,11 @@ impl SealCache {
         K: CacheKey + ?Sized,
         V: SecretValue,
     {
+        if self.forked() {
+            // Still consume the secret, so an owned one is wiped.
+            secret.with_plaintext(|_| ());
+            return Err(Error::Forked);
+        }
         let key = key.key_bytes();
         let (shard, _) = self.store().locate(key);
         secret.with_plaintext(|plaintext| {
@@ -320,6 +333,9 @@ impl SealCache {
     /// [`Error::Integrity`] if the entry failed authentication (it is
     /// dropped); [`Error::Forked`] in a forked child.
     pub fn get<K: CacheKey + ?Sized>(&self, key: &K) -> Result<Option<SecretBytes>, Error> {
+        if self.forked() {
+            return Err(Error::Forked);
+        }
         // Stale entries (kept for stale-if-error) are a miss here, not removed.
         Ok(
             match self.read_secret(key.key_bytes(), self.now(), self.stale_grace())? {
@@ -376,6 +392,9 @@ impl SealCache {
     where
         K: CacheKey + ?Sized,
     {
+        if self.forked() {
+            return Err(Error::Forked);
+        }
         let key = key.key_bytes();
         let core = self.core();
         let grace = self.stale_grace();
@@ -474,7 +493,11 @@ impl SealCache {
     /// expired entry not yet removed counts, as in [`len`](Self::len)). A load
     /// of `key` already in flight will return its value to its callers but
     /// not cache it: no `get` after this returns sees a value loaded before.
+    /// In a forked child (whose cache serves nothing) returns false.
     pub fn invalidate<K: CacheKey + ?Sized>(&self, key: &K) -> bool {
+        if self.forked() {
+            return false;
+        }
         let key = key.key_bytes();
         let (shard, _) = self.store().locate(key);
         self.flights()
@@ -484,8 +507,12 @@ impl SealCache {
     /// Wipes every epoch key at once (crypto-erase: every sealed entry
     /// becomes undecryptable) and empties the cache. Its cost does not grow
     /// with the number of entries: their memory is released on the reaper
-    /// thread.
+    /// thread. In a forked child it does nothing: there the keys are already
+    /// gone (zeroed or unmapped).
     pub fn invalidate_all(&self) {
+        if self.forked() {
+            return;
+        }
         let core = self.core();
         core.flights.fence_all();
         core.keyring.shred_all();
@@ -504,8 +531,12 @@ impl SealCache {
         self.len() == 0
     }
 
-    /// The counters since the cache was built.
+    /// The counters since the cache was built. In a forked child, all zero
+    /// (and `reaper_alive` false): the child's copy serves nothing.
     pub fn stats(&self) -> Stats {
+        if self.forked() {
+            return Stats::default();
+        }
         let core = self.core();
         let counters = core.store.counters();
         Stats {
@@ -535,6 +566,10 @@ impl SealCache {
     pub fn protections(&self) -> Protections {
         let core = self.core();
         let mut report = core.protections.clone();
+        if self.forked() {
+            // The scratch pool's lock may be held by a thread of the parent.
+            return report;
+        }
         let degraded = core
             .scratch_missing
             .lock()

@@ -310,7 +310,10 @@ impl Builder {
     /// Opt-in refresh-ahead: the first
     /// [`get_or_try_load`](crate::SealCache::get_or_try_load) hit in the last
     /// `fraction` of an entry's TTL reloads it (one load, however many
-    /// callers) while every other caller keeps getting the cached value.
+    /// callers) while every other caller keeps getting the cached value. If
+    /// the reload fails, its caller gets the cached value only if that is
+    /// still live when the loader gives up (or within `max_stale` of its
+    /// expiry, when set), else the loader's error.
     /// Off by default; accepted 0 < fraction < 1.
     pub fn refresh_ahead(mut self, fraction: f64) -> Self {
         self.refresh_ahead = Some(fraction);
@@ -320,7 +323,8 @@ impl Builder {
     /// Opt-in stale-if-error with a hard cap: when a load for an expired
     /// entry fails, the old value may be served for at most `max_stale` past
     /// its expiry (counted in [`Stats::stale_served`](crate::Stats::stale_served)),
-    /// never longer. Epoch keys then live `ttl + max_stale` after their
+    /// never longer: the bound is checked when the loader gives up, not when
+    /// it starts, and a value invalidated meanwhile is never served. Epoch keys then live `ttl + max_stale` after their
     /// epoch. Off by default; accepted 0 ..= TTL.
     pub fn max_stale(mut self, max_stale: Duration) -> Self {
         self.max_stale = Some(max_stale);

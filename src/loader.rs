@@ -251,15 +251,6 @@ impl Leader<'_> {
         }
     }
 
-    /// Removes the flight from the table; returns how many callers wait
-    /// on it (no more can join after this).
-    fn close(&self) -> usize {
-        let mut map = self.cache.flights().lock(self.shard);
-        self.unregister(&mut map);
-        drop(map);
-        self.flight.lock().waiters
-    }
-
     fn finish(mut self, outcome: Outcome) {
         {
             let mut map = self.cache.flights().lock(self.shard);
@@ -293,13 +284,10 @@ enum Step<'a> {
     Done(Option<SecretBytes>),
     /// Wait for someone else's flight.
     Join(Arc<Flight>),
-    /// Run the loader: for a miss (with a stale value to fall back on, if
-    /// any) or to refresh a value that is still valid.
-    Lead {
-        leader: Leader<'a>,
-        fallback: Option<SecretBytes>,
-        refresh: bool,
-    },
+    /// Run the loader: for a miss, or to refresh a value that is still
+    /// valid. `fallback`: if the loader fails, serve the cached value if it
+    /// is still servable then (a refresh, or stale-if-error).
+    Lead { leader: Leader<'a>, fallback: bool },
 }
 
 impl SealCache {
@@ -361,11 +349,7 @@ impl SealCache {
                         return result;
                     }
                 }
-                Step::Lead {
-                    leader,
-                    fallback,
-                    refresh,
-                } => {
+                Step::Lead { leader, fallback } => {
                     // A caller leads at most once (it returns right after),
                     // so the loader is always still here.
                     let Some(loader) = loader.take() else {
@@ -373,7 +357,7 @@ impl SealCache {
                     };
                     bump(&self.load_counters().loads);
                     let loaded = loader();
-                    return self.settle(leader, loaded, fallback, refresh);
+                    return self.settle(leader, loaded, fallback);
                 }
             }
         }
@@ -411,18 +395,14 @@ impl SealCache {
                         return result;
                     }
                 }
-                Step::Lead {
-                    leader,
-                    fallback,
-                    refresh,
-                } => {
+                Step::Lead { leader, fallback } => {
                     // As in the blocking form: a caller leads at most once.
                     let Some(loader) = loader.take() else {
                         return Err(LoadError::LoaderPanicked);
                     };
                     bump(&self.load_counters().loads);
                     let loaded = loader.await;
-                    return self.settle(leader, loaded, fallback, refresh);
+                    return self.settle(leader, loaded, fallback);
                 }
             }
         }
@@ -430,11 +410,14 @@ impl SealCache {
 
     /// Reads the cache, then joins or starts a flight.
     fn first_step<'a>(&'a self, key: &'a [u8]) -> Result<Step<'a>, Error> {
+        if self.forked() {
+            return Err(Error::Forked);
+        }
         if key.len() > MAX_KEY_LEN {
             return Err(Error::KeyTooLong { len: key.len() });
         }
         let now = self.now();
-        let mut fallback = None;
+        let mut fallback = false;
         match self.read_secret(key, now, self.stale_grace())? {
             Read::Hit(secret, expires) => {
                 if !self.in_refresh_window(now, expires) {
@@ -450,12 +433,11 @@ impl SealCache {
                 let leader = self.register(&mut map, key, shard);
                 return Ok(Step::Lead {
                     leader,
-                    fallback: Some(secret),
-                    refresh: true,
+                    fallback: true,
                 });
             }
             Read::Negative => return Ok(Step::Done(None)),
-            Read::Stale(secret) => fallback = Some(secret),
+            Read::Stale(_) => fallback = true,
             Read::Miss => {}
         }
         let (shard, _) = self.store().locate(key);
@@ -481,11 +463,7 @@ impl SealCache {
             Read::Stale(_) | Read::Miss => {}
         }
         let leader = self.register(&mut map, key, shard);
-        Ok(Step::Lead {
-            leader,
-            fallback,
-            refresh: false,
-        })
+        Ok(Step::Lead { leader, fallback })
     }
 
     fn register<'a>(&'a self, map: &mut FlightMap, key: &'a [u8], shard: usize) -> Leader<'a> {
@@ -541,8 +519,7 @@ impl SealCache {
         &self,
         leader: Leader<'_>,
         loaded: Result<Option<V>, E>,
-        fallback: Option<SecretBytes>,
-        refresh: bool,
+        fallback: bool,
     ) -> Result<Option<SecretBytes>, LoadError<E>> {
         let key = leader.key;
         match loaded {
@@ -588,12 +565,31 @@ impl SealCache {
             }
             Err(err) => {
                 bump(&self.load_counters().load_errors);
-                match fallback {
-                    Some(old) => {
-                        if !refresh {
-                            bump(&self.load_counters().stale_served);
+                // The fallback is read now, not when the flight started:
+                // under the flight table's lock, which `invalidate` also
+                // takes, so a value invalidated meanwhile (the flight is
+                // then fenced, or the entry gone) or expired meanwhile
+                // (past its TTL, or past `max_stale`) is never served, and
+                // nobody can join the flight between this read and its end.
+                let (served, waiters) = {
+                    let mut map = self.flights().lock(leader.shard);
+                    let served = if fallback && !self.flights().is_fenced(&leader.flight) {
+                        match self.peek_secret(key, self.now()) {
+                            Ok(Read::Hit(secret, _)) => Some(secret),
+                            Ok(Read::Stale(secret)) => {
+                                bump(&self.load_counters().stale_served);
+                                Some(secret)
+                            }
+                            Ok(Read::Negative | Read::Miss) | Err(_) => None,
                         }
-                        let waiters = leader.close();
+                    } else {
+                        None
+                    };
+                    leader.unregister(&mut map);
+                    (served, leader.flight.lock().waiters)
+                };
+                match served {
+                    Some(old) => {
                         let shared = (waiters > 0).then(|| {
                             use secrecy::ExposeSecret;
                             Arc::new(SecretBytes::from(old.expose_secret()))

@@ -84,10 +84,19 @@ impl<const N: usize> SecretValue for &[u8; N] {
     }
 }
 impl SecretValue for Vec<u8> {
-    fn with_plaintext<R>(mut self, f: impl FnOnce(&[u8]) -> R) -> R {
-        let result = f(&self);
-        wipe_vec(&mut self);
-        result
+    fn with_plaintext<R>(self, f: impl FnOnce(&[u8]) -> R) -> R {
+        // Wiped on drop, so also if `f` panics.
+        let owned = WipeOnDrop(self);
+        f(&owned.0)
+    }
+}
+
+/// Wipes the vector it holds when dropped.
+struct WipeOnDrop(Vec<u8>);
+
+impl Drop for WipeOnDrop {
+    fn drop(&mut self) {
+        wipe_vec(&mut self.0);
     }
 }
 impl SecretValue for String {

@@ -691,9 +691,12 @@ impl Store {
             }
             shard.counters.expirations += doomed.len() as u64;
             total += doomed.len();
+            // Counted out shard by shard: an insert meanwhile must not see
+            // a length that still includes entries already gone, and evict
+            // a live one to make room it has.
+            self.removed(doomed.len());
             self.publish_tail(s, &shard);
         }
-        self.removed(total);
         total
     }
 

@@ -747,6 +747,91 @@ fn a_forked_child_refuses_to_serve_and_never_waits_for_a_reaper() {
     assert!(cache.stats().reaper_alive);
 }
 
+/// A clock that parks the thread named `parked` inside `now()` once armed:
+/// `insert` reads the clock while it holds the flight-table lock of its key.
+#[derive(Debug, Clone)]
+struct ParkingClock {
+    start: std::time::Instant,
+    armed: Arc<std::sync::atomic::AtomicBool>,
+    parked: Arc<std::sync::Barrier>,
+    resume: Arc<std::sync::Barrier>,
+}
+
+impl sealcache::Clock for ParkingClock {
+    fn now(&self) -> Duration {
+        if thread::current().name() == Some("parked")
+            && self.armed.swap(false, std::sync::atomic::Ordering::SeqCst)
+        {
+            self.parked.wait();
+            self.resume.wait();
+        }
+        self.start.elapsed()
+    }
+}
+
+/// A parent thread holds a lock of the cache when another thread forks: the
+/// child, where that lock stays held forever, gets `Error::Forked` (or a
+/// no-op) from every entry point instead of hanging on it.
+#[test]
+fn a_forked_child_refuses_even_while_a_parent_thread_held_a_cache_lock() {
+    if !in_child(
+        "a_forked_child_refuses_even_while_a_parent_thread_held_a_cache_lock",
+        "fork-locked",
+        Duration::from_secs(60),
+    ) {
+        return;
+    }
+    let clock = ParkingClock {
+        start: std::time::Instant::now(),
+        armed: Arc::default(),
+        parked: Arc::new(std::sync::Barrier::new(2)),
+        resume: Arc::new(std::sync::Barrier::new(2)),
+    };
+    let cache = SealCache::builder().clock(clock.clone()).build().unwrap();
+    cache.insert("k", "v1").unwrap();
+    clock.armed.store(true, std::sync::atomic::Ordering::SeqCst);
+    let inserter = {
+        let cache = cache.clone();
+        thread::Builder::new()
+            .name("parked".into())
+            .spawn(move || cache.insert("k", "v2"))
+            .unwrap()
+    };
+    clock.parked.wait(); // `parked` now holds the flight-table lock of "k"
+    // SAFETY: the child only calls the cache (whose entry points must not
+    // take the held lock) and `_exit`s; `alarm` turns a hang into SIGALRM.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork failed");
+    if pid == 0 {
+        // SAFETY: alarm(2) only schedules a signal for this process.
+        unsafe { libc::alarm(10) };
+        let refused = matches!(cache.insert("k", "child"), Err(Error::Forked))
+            && matches!(cache.get("k"), Err(Error::Forked))
+            && matches!(cache.with("k", |_| ()), Err(Error::Forked))
+            && matches!(
+                cache.get_or_try_load("k", || Ok::<_, ()>(Some("loaded"))),
+                Err(sealcache::LoadError::Cache(Error::Forked))
+            )
+            && !cache.invalidate("k")
+            && cache.stats() == sealcache::Stats::default();
+        cache.invalidate_all();
+        // SAFETY: _exit ends the child without running the parent's atexit
+        // handlers or flushing its stdio buffers twice.
+        unsafe { libc::_exit(if refused { 0 } else { 1 }) };
+    }
+    let mut status = 0;
+    // SAFETY: waiting for the child we just created.
+    let waited = unsafe { libc::waitpid(pid, &mut status, 0) };
+    clock.resume.wait();
+    inserter.join().unwrap().unwrap();
+    assert_eq!(waited, pid);
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "child status {status:#x} (signal 14 = SIGALRM: it hung on the held lock)"
+    );
+    assert_eq!(get(&cache, "k").unwrap(), b"v2", "parent unaffected");
+}
+
 #[test]
 fn public_types_are_send_and_sync_where_users_need_them() {
     fn send_sync<T: Send + Sync>() {}

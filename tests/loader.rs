@@ -410,6 +410,81 @@ fn stale_if_error_is_capped_exactly_at_max_stale() {
     assert_eq!(fresh.unwrap(), b"v2");
 }
 
+/// A failed reload falls back on the cached value only if that value is
+/// still servable when the loader gives up: a slow loader must not carry a
+/// value past its expiry (refresh-ahead) or past `max_stale`.
+#[test]
+fn a_failed_reload_never_serves_a_value_past_expiry_or_max_stale() {
+    let clock = ManualClock::new();
+    let refreshing = SealCache::builder()
+        .ttl(TTL)
+        .refresh_ahead(0.5)
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    value(refreshing.get_or_try_load("k", || Ok::<_, DbError>(Some("v1"))));
+    clock.advance(Duration::from_secs(31)); // in the refresh window
+    let slow_failure = refreshing.get_or_try_load("k", || {
+        clock.advance(Duration::from_secs(30)); // t = 61 s: v1 expired at 60 s
+        Err::<Option<&str>, _>(DbError("down"))
+    });
+    assert!(
+        matches!(slow_failure, Err(LoadError::Loader(_))),
+        "v1 expired while the refresh ran: not served"
+    );
+
+    let clock = ManualClock::new();
+    let stale = SealCache::builder()
+        .ttl(TTL)
+        .max_stale(Duration::from_secs(10))
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    value(stale.get_or_try_load("k", || Ok::<_, DbError>(Some("v1"))));
+    clock.advance(TTL + Duration::from_secs(5)); // stale, within max_stale
+    let slow_failure = stale.get_or_try_load("k", || {
+        clock.advance(Duration::from_secs(5)); // t = 70 s: past max_stale
+        Err::<Option<&str>, _>(DbError("down"))
+    });
+    assert!(
+        matches!(slow_failure, Err(LoadError::Loader(_))),
+        "past max_stale when the loader gave up: not served"
+    );
+    assert_eq!(stale.stats().stale_served, 0);
+}
+
+/// A value invalidated while a reload runs is never the fallback of that
+/// reload: not for the caller that started it, and not for any caller that
+/// arrives after `invalidate` or `invalidate_all` returned.
+#[test]
+fn a_failed_reload_never_falls_back_on_an_invalidated_value() {
+    for all in [false, true] {
+        let clock = ManualClock::new();
+        let cache = SealCache::builder()
+            .ttl(TTL)
+            .refresh_ahead(0.5)
+            .max_stale(Duration::from_secs(10))
+            .clock(clock.clone())
+            .build()
+            .unwrap();
+        value(cache.get_or_try_load("k", || Ok::<_, DbError>(Some("revoked"))));
+        clock.advance(Duration::from_secs(31)); // a refresh, with v1 as fallback
+        let got = cache.get_or_try_load("k", || {
+            if all {
+                cache.invalidate_all();
+            } else {
+                assert!(cache.invalidate("k"));
+            }
+            Err::<Option<&str>, _>(DbError("down"))
+        });
+        assert!(
+            matches!(got, Err(LoadError::Loader(_))),
+            "invalidate_all: {all}: the revoked value was served"
+        );
+        assert!(cache.get("k").unwrap().is_none());
+    }
+}
+
 #[test]
 fn ttl_jitter_spreads_expiries_but_never_lengthens_them() {
     let clock = ManualClock::new();

@@ -74,15 +74,20 @@ mod x86_64 {
     /// instructions: writing a `ymm` register clears the rest of its `zmm`,
     /// and no 512-bit instruction runs (which on some CPUs lowers the clock).
     ///
+    /// No `#[target_feature]`: the assembler takes the instructions without
+    /// it, and AVX-512 target features are only stable from Rust 1.89 (this
+    /// crate supports 1.88).
+    ///
     /// # Safety
     ///
     /// The CPU must support AVX-512F and AVX-512VL.
-    #[target_feature(enable = "avx512f,avx512vl")]
     unsafe fn wipe_upper_vector_registers() {
-        // SAFETY: AVX-512F and VL are enabled for this function (the
-        // caller's contract). Each `vpxord` only writes its own register,
-        // all of them declared clobbered by `clobber_abi("C")`; no memory or
-        // flags are touched.
+        // SAFETY: the CPU supports AVX-512F and VL (the caller's contract).
+        // Each `vpxord` only writes its own register and touches no memory
+        // or flags. The registers written are caller-saved in the C ABI:
+        // where this crate is compiled with AVX-512, `clobber_abi("C")`
+        // declares them clobbered; where it is not, the compiler cannot
+        // allocate them, so no value of this program lives there.
         unsafe {
             asm!(
                 "vpxord ymm16, ymm16, ymm16",
