@@ -100,7 +100,7 @@ fn seed_database(store: &CredentialStore, keys: usize) -> Result<Vec<String>, Bo
     let names: Vec<String> = (0..keys).map(|i| format!("db/tenant-{i:06}")).collect();
     let secrets = names
         .iter()
-        .map(|_| store::random_secret(SECRET_BYTES))
+        .map(|_| store::random_secret(SECRET_BYTES).map(zeroize::Zeroizing::new))
         .collect::<Result<Vec<_>, _>>()?;
     let rows = names
         .iter()
@@ -132,13 +132,6 @@ fn build_cache(ttl_secs: u64, keys: usize) -> Result<(SealCache, Option<String>)
 struct Workload {
     names: Vec<String>,
     zipf: Zipf,
-}
-
-/// Shows the last four characters of a secret, as dashboards do.
-fn tail(secret: &SecretBytes) -> String {
-    let bytes = secret.expose_secret();
-    let tail = &bytes[bytes.len().saturating_sub(4)..];
-    format!("…{}", String::from_utf8_lossy(tail))
 }
 
 /// One request for `name`: from the database, or through the cache.
@@ -427,17 +420,19 @@ mod lifecycle {
         let before = store.queries();
         let old = request(Some(cache), &mut conn, name)?;
         println!(
-            "  request:                  {} (db queries +{})",
-            tail(&old),
+            "  request:                  the current secret (db queries +{})",
             store.queries() - before
         );
-        let new_secret = store::random_secret(SECRET_BYTES)?;
+        let new_secret = zeroize::Zeroizing::new(store::random_secret(SECRET_BYTES)?);
         conn.rotate(name, new_secret.as_bytes())?;
         let stale = request(Some(cache), &mut conn, name)?;
-        println!(
-            "  rotated in the database:  the cache still answers {} until told",
-            tail(&stale)
-        );
+        // Compared, never printed (`SecretBytes` compares in constant time).
+        let answer = if stale == old {
+            "the old secret"
+        } else {
+            "another secret"
+        };
+        println!("  rotated in the database:  the cache still answers {answer} until told");
         let removed = cache.invalidate(name);
         let before = store.queries();
         let fresh = request(Some(cache), &mut conn, name)?;
@@ -447,8 +442,7 @@ mod lifecycle {
             "NOT the rotated secret"
         };
         println!(
-            "  cache.invalidate() = {removed}: next request {} (db queries +{}), {verdict}",
-            tail(&fresh),
+            "  cache.invalidate() = {removed}: next request (db queries +{}), {verdict}",
             store.queries() - before,
         );
         Ok(())

@@ -113,7 +113,7 @@ fn run(args: &Args) -> Result<(), BoxError> {
             println!("client key: {}", client.as_str());
         }
         drop(keys);
-        let state = server::AppState::new(cache, store);
+        let state = server::AppState::new(cache, store)?;
         server::serve(listener, state, ctrl_c()).await?;
         println!("stopped");
         Ok(())

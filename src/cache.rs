@@ -581,9 +581,15 @@ impl SealCache {
     }
 
     /// Bytes of locked memory held for epoch keys (constant: it does not
-    /// grow with the number of entries).
+    /// grow with the number of entries). 0 when the key slab could not be
+    /// locked (under [`Protection::BestEffort`], see
+    /// [`protections`](Self::protections)).
     pub fn locked_bytes(&self) -> usize {
-        self.core().keyring.locked_bytes()
+        if self.core().protections.mlock {
+            self.core().keyring.locked_bytes()
+        } else {
+            0
+        }
     }
 
     /// Waits until the reaper has wiped every key whose deadline has

@@ -22,7 +22,10 @@
 //!   confirms it; the anonymous backend's canary, the `memfd_secret`
 //!   mapping's guard pages and fork detection hold by how the slab is built.
 //!   [`Protection::Require`] (the default) refuses to build a cache without
-//!   them.
+//!   them. [`SealCache::with`] locks its own scratch pages when first used:
+//!   under a very low `RLIMIT_MEMLOCK` it can return
+//!   [`Error::Protection`] after `build` succeeded (SECURITY.md gives the
+//!   budget).
 //! - **Exact expiry, self-shredding keys.** An entry inserted at `t` is never
 //!   returned by [`SealCache::get`] or [`SealCache::with`] at or after
 //!   `t + ttl`; only with the opt-in [`Builder::max_stale`] may

@@ -367,9 +367,10 @@ fn nolock_child() {
     forensics::send_value(
         "best_effort_anon",
         format!(
-            "works={} mlock={} failures={:?}",
+            "works={} mlock={} locked_bytes={} failures={:?}",
             works(&best),
             report.mlock,
+            best.locked_bytes(),
             report.failures.iter().map(|f| f.kind).collect::<Vec<_>>()
         ),
     );
@@ -418,7 +419,7 @@ fn without_cap_ipc_lock_and_memlock_require_fails_typed_and_best_effort_reports(
     assert_kind(&lines, "require_anon", "Mlock");
     assert_eq!(
         forensics::value(&lines, "best_effort_anon"),
-        "works=true mlock=false failures=[Mlock]"
+        "works=true mlock=false locked_bytes=0 failures=[Mlock]"
     );
     assert_kind(&lines, "memfd_require", "MemfdSecret");
     assert_kind(&lines, "memfd_best_effort", "MemfdSecret");

@@ -108,7 +108,7 @@ impl Server {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("local address");
         let (shutdown, stopped) = oneshot::channel::<()>();
-        let state = server::AppState::new(cache.clone(), store.clone());
+        let state = server::AppState::new(cache.clone(), store.clone()).expect("read key ids");
         tokio::spawn(server::serve(listener, state, async {
             let _ = stopped.await;
         }));
@@ -348,6 +348,25 @@ async fn a_load_in_flight_during_a_rotation_does_not_authorise_later_requests() 
     );
     assert_eq!(server.whoami(&old).await, 401, "the old secret was cached");
     assert_eq!(server.whoami(&new).await, 200);
+}
+
+/// Made-up key ids are refused before the cache: a flood of them (each a
+/// miss no cache can absorb) costs the database nothing.
+#[tokio::test]
+async fn requests_naming_unknown_key_ids_never_reach_the_database() {
+    let server = Server::start().await;
+    let queries = server.store.queries();
+    for n in 0..10 {
+        for id in [format!("client-{:04}", 9_000 + n), format!("zzz{n}")] {
+            assert_eq!(server.whoami(&format!("{id}.abc")).await, 401, "{id}");
+        }
+    }
+    assert_eq!(server.store.queries() - queries, 0, "database queries");
+    // A known id with a wrong secret is refused too, after one read.
+    assert_eq!(server.whoami("client-0001.wrong").await, 401);
+    assert_eq!(server.store.queries() - queries, 1, "database queries");
+    assert_eq!(server.whoami(&server.client_key(1)).await, 200);
+    assert_eq!(server.store.queries() - queries, 1, "served from the cache");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -73,9 +73,16 @@ pub fn random_bytes(buf: &mut [u8]) -> Result<(), StoreError> {
 
 /// A fresh random secret: `bytes` random bytes, hex-encoded.
 pub fn random_secret(bytes: usize) -> Result<String, StoreError> {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut raw = vec![0u8; bytes];
     random_bytes(&mut raw)?;
-    let hex = raw.iter().map(|b| format!("{b:02x}")).collect();
+    // Sized once and written in place: no temporary strings, no growth
+    // that would leave parts of the secret in freed buffers.
+    let mut hex = String::with_capacity(2 * bytes);
+    for byte in &raw {
+        hex.push(char::from(DIGITS[usize::from(byte >> 4)]));
+        hex.push(char::from(DIGITS[usize::from(byte & 0xf)]));
+    }
     zeroize::Zeroize::zeroize(&mut raw);
     Ok(hex)
 }
@@ -202,6 +209,17 @@ impl StoreConn {
         }
         tx.commit()?;
         Ok(())
+    }
+
+    /// The names of every stored credential (not secret): one counted
+    /// database query.
+    pub fn names(&mut self) -> Result<Vec<String>, StoreError> {
+        self.store.shared.queries.fetch_add(1, Ordering::Relaxed);
+        let mut select = self.conn.prepare("SELECT name FROM credentials")?;
+        let names = select
+            .query_map([], |row| row.get::<_, String>(0))?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(names)
     }
 
     /// Reads and decrypts one credential: one counted database query.
