@@ -5,10 +5,11 @@
 //! `Authorization: Bearer`. The server looks the stored secret of `<id>` up
 //! through [`SealCache::get_or_try_load_async`] (one database read per key
 //! per TTL, however many requests arrive at once) and compares it in
-//! constant time. Ids that name no stored key are refused before the cache,
-//! so made-up ids cost the database nothing. `POST /admin/rotate/{id}`, for the `admin` key only,
-//! gives `<id>` a new secret in the database and invalidates the cached one,
-//! so the old key stops working with that response.
+//! constant time. Ids that name no stored key are refused before the
+//! cache, so made-up ids cost the database nothing. `POST
+//! /admin/rotate/{id}`, for the `admin` key only, gives `<id>` a new secret
+//! in the database and invalidates the cached one, so the old key stops
+//! working with that response.
 
 use std::collections::HashSet;
 use std::fmt;
