@@ -8,6 +8,7 @@
 //!
 //! ```text
 //! cargo bench --features test-hooks --bench hit_ratio
+//! cargo bench --features test-hooks --bench hit_ratio -- "get 64"   # one pair
 //! ```
 
 use std::hint::black_box;
@@ -39,8 +40,13 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * q).round() as usize]
 }
 
-/// Times `base` and `measured` in alternating batches and prints the result.
+/// Times `base` and `measured` in alternating batches and prints the result
+/// (unless the command line names a filter that `name` does not contain).
 fn compare(name: &str, base: &mut dyn FnMut(usize), measured: &mut dyn FnMut(usize)) {
+    let filter = std::env::args().skip(1).find(|arg| !arg.starts_with("--"));
+    if filter.is_some_and(|filter| !name.contains(filter.as_str())) {
+        return;
+    }
     let (mut bases, mut measures, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
     for round in 0..ROUNDS {
         let b = batch(base, round * BATCH);
@@ -63,7 +69,8 @@ fn compare(name: &str, base: &mut dyn FnMut(usize), measured: &mut dyn FnMut(usi
 }
 
 fn main() {
-    // `cargo bench` passes `--bench`; a filter or other flags are ignored.
+    // `cargo bench` passes `--bench`; other flags are ignored, and the first
+    // other argument filters the pairs (`-- "get 64"` runs one pair).
     println!(
         "{:<34} {:>11} {:>11}   per-batch ratio ({ROUNDS} pairs of {BATCH}-operation batches)",
         "pair", "base p50", "measured"

@@ -115,21 +115,20 @@ impl Keyring {
             return Err(Error::Forked);
         }
         let epoch = self.epoch_of(now);
+        // A thread whose reading is older than the current key's epoch (it
+        // read the clock just before another thread made the next epoch's
+        // key) seals under that newer key: its deadline is later, so it
+        // still outlives the entry, and no extra key is made.
         {
             let guard = self.slab.read();
-            if let Some((current_epoch, key_id)) = guard.meta().current
-                && current_epoch == epoch
-                && let Some(key) = key_at(guard.bytes(), guard.meta(), key_id)
+            if let Some((key_epoch, key_id, key)) = current_key(guard.bytes(), guard.meta(), epoch)
             {
-                return Ok((f(epoch, key), key_id, None));
+                return Ok((f(key_epoch, key), key_id, None));
             }
         }
         let mut guard = self.slab.write();
-        if let Some((current_epoch, key_id)) = guard.meta().current
-            && current_epoch == epoch
-            && let Some(key) = key_at(guard.bytes(), guard.meta(), key_id)
-        {
-            return Ok((f(epoch, key), key_id, None));
+        if let Some((key_epoch, key_id, key)) = current_key(guard.bytes(), guard.meta(), epoch) {
+            return Ok((f(key_epoch, key), key_id, None));
         }
         // Catch up on any key whose deadline has passed (a late or stopped
         // reaper): while inserts continue, no key outlives its deadline by
@@ -310,6 +309,20 @@ fn slot_of(table: &SlotTable, key_id: u64) -> Option<Slot> {
     table.slots[(key_id % slots) as usize].filter(|slot| slot.key_id == key_id)
 }
 
+/// The current key, if it was made for `epoch` or a later one: (its epoch,
+/// its id, its bytes).
+fn current_key<'a>(
+    bytes: &'a [u8],
+    table: &SlotTable,
+    epoch: u64,
+) -> Option<(u64, u64, &'a [u8; KEY_LEN])> {
+    let (key_epoch, key_id) = table.current?;
+    if key_epoch < epoch {
+        return None;
+    }
+    Some((key_epoch, key_id, key_at(bytes, table, key_id)?))
+}
+
 fn key_at<'a>(bytes: &'a [u8], table: &SlotTable, key_id: u64) -> Option<&'a [u8; KEY_LEN]> {
     slot_of(table, key_id)?;
     let index = (key_id % table.slots.len() as u64) as usize;
@@ -370,6 +383,25 @@ mod tests {
         assert_eq!(new3.unwrap().deadline, 90 * SEC);
         assert_eq!(ring.created(), 2);
         assert_eq!(ring.live_keys(), 2);
+    }
+
+    #[test]
+    fn a_reading_from_before_the_current_epoch_reuses_its_key() {
+        let ring = keyring();
+        let (_, first, _) = ring.with_current(14 * SEC, |e, _| e).unwrap();
+        let (epoch, current, new) = ring.with_current(15 * SEC, |e, _| e).unwrap();
+        assert_eq!((epoch, new.is_some()), (1, true));
+        // A thread that read the clock at 14.9 s seals only now.
+        let (epoch, id, new) = ring.with_current(14 * SEC + SEC - 1, |e, _| e).unwrap();
+        assert_eq!(
+            (epoch, id, new),
+            (1, current, None),
+            "the newer key, not a third"
+        );
+        assert_ne!(id, first);
+        assert_eq!(ring.created(), 2);
+        // The key it sealed under opens with the epoch it reported.
+        assert_eq!(ring.with_key(id, |e, _| e).unwrap(), Some(1));
     }
 
     #[test]
