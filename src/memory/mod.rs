@@ -13,6 +13,8 @@
 
 mod anon;
 mod buf;
+#[cfg(any(test, feature = "test-hooks"))]
+pub(crate) mod environment;
 mod process;
 mod registers;
 mod report;
