@@ -73,7 +73,9 @@ pub struct Stats {
     pub loads: u64,
     /// Loader calls that returned an error.
     pub load_errors: u64,
-    /// Callers that waited for another caller's load instead of loading.
+    /// Callers that missed but took another caller's load instead of
+    /// loading: by waiting for it, or by finding its value stored just
+    /// after their miss.
     pub coalesced_waits: u64,
     /// Reads answered by a cached "not found" (negative caching).
     pub negative_hits: u64,
@@ -106,6 +108,11 @@ impl Wipe for Core {
 
     fn overdue(&self, now: u64) -> Vec<u64> {
         self.keyring.due(now)
+    }
+
+    fn shred_all(&self) {
+        self.keyring.shred_all();
+        drop(self.store.take_all());
     }
 }
 

@@ -21,6 +21,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::task::Waker;
 #[cfg(feature = "async")]
 use std::task::{Context, Poll};
+use std::thread::ThreadId;
 
 use crossbeam_utils::CachePadded;
 
@@ -42,6 +43,11 @@ pub enum LoadError<E> {
     /// panic, the waiters get this. The key is not wedged: the next call
     /// loads again.
     LoaderPanicked,
+    /// The loader of this key, running on this thread, asked the cache for
+    /// the same key (directly or through other keys' loaders): waiting for
+    /// its own flight would never end. Load the inner key some other way,
+    /// or break the cycle between the loaders.
+    Reentrant,
 }
 
 impl<E> Clone for LoadError<E> {
@@ -50,6 +56,7 @@ impl<E> Clone for LoadError<E> {
             Self::Cache(err) => Self::Cache(err.clone()),
             Self::Loader(err) => Self::Loader(Arc::clone(err)),
             Self::LoaderPanicked => Self::LoaderPanicked,
+            Self::Reentrant => Self::Reentrant,
         }
     }
 }
@@ -60,6 +67,9 @@ impl<E: fmt::Display> fmt::Display for LoadError<E> {
             Self::Cache(err) => write!(f, "cache error: {err}"),
             Self::Loader(err) => write!(f, "loader failed: {err}"),
             Self::LoaderPanicked => f.write_str("the loader panicked in the caller that ran it"),
+            Self::Reentrant => f.write_str(
+                "a loader asked for the key it is loading, on the same thread: it would wait for itself",
+            ),
         }
     }
 }
@@ -69,7 +79,7 @@ impl<E: std::error::Error + 'static> std::error::Error for LoadError<E> {
         match self {
             Self::Cache(err) => Some(err),
             Self::Loader(err) => Some(&**err),
-            Self::LoaderPanicked => None,
+            Self::LoaderPanicked | Self::Reentrant => None,
         }
     }
 }
@@ -119,6 +129,9 @@ pub(crate) struct Flight {
     state: Mutex<FlightState>,
     done: Condvar,
     generation: u64,
+    /// The thread of a blocking leader (`None` for an async one): that
+    /// thread cannot wait for the flight, as only it can finish it.
+    leader_thread: Option<ThreadId>,
 }
 
 impl Flight {
@@ -288,6 +301,15 @@ enum Step<'a> {
     /// valid. `fallback`: if the loader fails, serve the cached value if it
     /// is still servable then (a refresh, or stale-if-error).
     Lead { leader: Leader<'a>, fallback: bool },
+    /// The key's flight is led by a blocking loader on this very thread.
+    OwnFlight,
+}
+
+/// Who is asking: a blocking caller (its thread) or an async one.
+#[derive(Clone, Copy)]
+enum Caller {
+    Blocking(ThreadId),
+    Async,
 }
 
 impl SealCache {
@@ -305,6 +327,13 @@ impl SealCache {
     ///   [`Builder::negative_ttl`](crate::Builder::negative_ttl).
     /// - With [`refresh_ahead`](crate::Builder::refresh_ahead) and
     ///   [`max_stale`](crate::Builder::max_stale), see their docs.
+    /// - A loader must not wait for its own key. If it asks for it on its
+    ///   own thread (directly, or through other keys' loaders), that call
+    ///   returns [`LoadError::Reentrant`] at once. A cycle across threads
+    ///   (key A's loader waits for key B while B's loader, on another
+    ///   thread, waits for A) cannot be detected and never ends: loaders
+    ///   should read their own dependencies from the database, not from
+    ///   the cache.
     ///
     /// ```
     /// use sealcache::{ExposeSecret, SealCache};
@@ -322,7 +351,8 @@ impl SealCache {
     ///
     /// # Errors
     /// [`LoadError::Loader`] with the loader's error, [`LoadError::LoaderPanicked`]
-    /// for waiters of a loader that panicked, [`LoadError::Cache`] for a cache
+    /// for waiters of a loader that panicked, [`LoadError::Reentrant`] for a
+    /// loader that asks for its own key, [`LoadError::Cache`] for a cache
     /// error (integrity, fork, ...).
     ///
     /// # Panics
@@ -340,9 +370,11 @@ impl SealCache {
     {
         let key = key.key_bytes();
         let mut loader = Some(loader);
+        let caller = Caller::Blocking(std::thread::current().id());
         loop {
-            match self.first_step(key)? {
+            match self.first_step(key, caller)? {
                 Step::Done(value) => return Ok(value),
+                Step::OwnFlight => return Err(LoadError::Reentrant),
                 Step::Join(flight) => {
                     bump(&self.load_counters().coalesced_waits);
                     if let Some(result) = self.received::<E>(flight.wait()) {
@@ -386,8 +418,9 @@ impl SealCache {
         let key = key.key_bytes();
         let mut loader = Some(loader);
         loop {
-            match self.first_step(key)? {
+            match self.first_step(key, Caller::Async)? {
                 Step::Done(value) => return Ok(value),
+                Step::OwnFlight => return Err(LoadError::Reentrant),
                 Step::Join(flight) => {
                     bump(&self.load_counters().coalesced_waits);
                     let outcome = FlightWait { flight }.await;
@@ -409,7 +442,7 @@ impl SealCache {
     }
 
     /// Reads the cache, then joins or starts a flight.
-    fn first_step<'a>(&'a self, key: &'a [u8]) -> Result<Step<'a>, Error> {
+    fn first_step<'a>(&'a self, key: &'a [u8], caller: Caller) -> Result<Step<'a>, Error> {
         if self.forked() {
             return Err(Error::Forked);
         }
@@ -429,8 +462,16 @@ impl SealCache {
                     // A refresh is running: keep serving the cached value.
                     return Ok(Step::Done(Some(secret)));
                 }
+                // A refresh may have stored its value between our read and
+                // this lock (which flights finish under): serve that one
+                // rather than load again.
+                if let Read::Hit(fresh, fresh_expires) = self.peek_secret(key, now)?
+                    && fresh_expires != expires
+                {
+                    return Ok(Step::Done(Some(fresh)));
+                }
                 bump(&self.load_counters().refreshes);
-                let leader = self.register(&mut map, key, shard);
+                let leader = self.register(&mut map, key, shard, caller);
                 return Ok(Step::Lead {
                     leader,
                     fallback: true,
@@ -444,6 +485,14 @@ impl SealCache {
         let mut map = self.flights().lock(shard);
         if let Some(flight) = map.get(key) {
             if !self.flights().is_fenced(flight) {
+                // Code running on a blocking leader's thread runs inside
+                // its loader: waiting for that flight would never end.
+                if flight
+                    .leader_thread
+                    .is_some_and(|thread| thread == std::thread::current().id())
+                {
+                    return Ok(Step::OwnFlight);
+                }
                 let flight = Arc::clone(flight);
                 flight.lock().waiters += 1;
                 return Ok(Step::Join(flight));
@@ -458,20 +507,33 @@ impl SealCache {
         // A flight may have finished between our read and this lock: look
         // again, under the lock that flights finish under.
         match self.peek_secret(key, now)? {
-            Read::Hit(secret, _) => return Ok(Step::Done(Some(secret))),
+            Read::Hit(secret, _) => {
+                bump(&self.load_counters().coalesced_waits);
+                return Ok(Step::Done(Some(secret)));
+            }
             Read::Negative => return Ok(Step::Done(None)),
             Read::Stale(_) | Read::Miss => {}
         }
-        let leader = self.register(&mut map, key, shard);
+        let leader = self.register(&mut map, key, shard, caller);
         Ok(Step::Lead { leader, fallback })
     }
 
-    fn register<'a>(&'a self, map: &mut FlightMap, key: &'a [u8], shard: usize) -> Leader<'a> {
+    fn register<'a>(
+        &'a self,
+        map: &mut FlightMap,
+        key: &'a [u8],
+        shard: usize,
+        caller: Caller,
+    ) -> Leader<'a> {
         let flights = self.flights();
         let flight = Arc::new(Flight {
             state: Mutex::new(FlightState::default()),
             done: Condvar::new(),
             generation: flights.generation.load(Ordering::Acquire),
+            leader_thread: match caller {
+                Caller::Blocking(thread) => Some(thread),
+                Caller::Async => None,
+            },
         });
         map.insert(Box::from(key), Arc::clone(&flight));
         flights.active.fetch_add(1, Ordering::AcqRel);

@@ -49,6 +49,17 @@
 //! [`ManualClock`](crate::ManualClock) wakes it synchronously, which makes
 //! the reaper deterministic in tests.
 //!
+//! A [`Clock`](crate::Clock) is user code, so the reaper survives one that
+//! panics: it keeps its deadlines and reads the clock again a second later
+//! (`tests/cache.rs::a_clock_that_panics_once_does_not_stop_the_reaper`).
+//! Should the thread still end abnormally (a bug of the crate), it wipes
+//! every key before it goes: the cache then fails closed, every entry a
+//! miss and every insert an [`Error::Reaper`](crate::Error::Reaper), rather
+//! than keeping keys past their deadlines. In a forked child the reaper
+//! thread does not exist; dropping the child's copy of the cache neither
+//! signals nor joins it, nor touches the channel's locks, which a parent
+//! thread may have held at the fork.
+//!
 //! # Why `CLOCK_BOOTTIME`
 //!
 //! `CLOCK_MONOTONIC` stops while the machine is suspended: an entry cached

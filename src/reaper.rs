@@ -10,6 +10,7 @@
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::{self, JoinHandle};
@@ -32,6 +33,8 @@ pub(crate) trait Wipe: Send + Sync + 'static {
     /// Ids of live keys whose deadline is at or before `now` (a safety net
     /// for keys whose schedule message was lost).
     fn overdue(&self, now: u64) -> Vec<u64>;
+    /// Wipes every key: the reaper is failing, so none may wait for it.
+    fn shred_all(&self);
 }
 
 /// Messages to the reaper.
@@ -78,7 +81,14 @@ impl Reaper {
             .spawn(move || {
                 let _flag = AliveFlag(thread_alive);
                 let _ = started_tx.send(());
-                run(&*thread_clock, &*target, &rx);
+                let ran = catch_unwind(AssertUnwindSafe(|| run(&*thread_clock, &*target, &rx)));
+                if ran.is_err() {
+                    // Should a bug panic the loop, fail closed: with no
+                    // reaper no key would be wiped at its deadline, so wipe
+                    // them all now (every entry becomes a miss, and inserts
+                    // fail with `Error::Reaper`).
+                    target.shred_all();
+                }
             })?;
         // Return only once the thread runs (and carries its name).
         if started_rx.recv().is_err() {
@@ -123,15 +133,19 @@ impl Reaper {
     }
 
     /// Stops the thread and waits for it. In a forked child the thread does
-    /// not exist and is not joined.
+    /// not exist: it is neither told nor joined, and the channel is left
+    /// alone (sending on it, or dropping its last sender, takes a lock that
+    /// a parent thread may have held at the fork), at the cost of leaking
+    /// the handle's memory in the child.
     pub(crate) fn shutdown(&mut self, forked: bool) {
+        if forked || std::process::id() != self.pid {
+            std::mem::forget(self.thread.take());
+            std::mem::forget(std::mem::replace(&mut self.tx, unbounded().0));
+            return;
+        }
         let _ = self.tx.send(Message::Shutdown);
         if let Some(thread) = self.thread.take() {
-            if forked {
-                std::mem::forget(thread);
-            } else {
-                let _ = thread.join();
-            }
+            let _ = thread.join();
         }
     }
 }
@@ -166,7 +180,23 @@ fn run<W: Wipe>(clock: &dyn Clock, target: &W, rx: &Receiver<Message>) {
     let mut deadlines: BinaryHeap<Reverse<(u64, u64)>> = BinaryHeap::new();
     let mut acks: Vec<Sender<()>> = Vec::new();
     loop {
-        let now = nanos(clock.now());
+        // A `Clock` is user code: one that panics must not end the thread
+        // (keys would then outlive their deadlines). Try again shortly.
+        let Ok(now) = catch_unwind(AssertUnwindSafe(|| nanos(clock.now()))) else {
+            for ack in acks.drain(..) {
+                let _ = ack.send(());
+            }
+            match rx.recv_timeout(MAX_SLEEP) {
+                Ok(message) => {
+                    if handle(message, &mut deadlines, &mut acks) {
+                        return;
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
+            continue;
+        };
         while let Some(&Reverse((deadline, key_id))) = deadlines.peek() {
             if deadline > now {
                 break;
@@ -196,11 +226,23 @@ fn run<W: Wipe>(clock: &dyn Clock, target: &W, rx: &Receiver<Message>) {
                 Err(_) => return,
             },
         };
-        match message {
-            Message::Schedule { key_id, deadline } => deadlines.push(Reverse((deadline, key_id))),
-            Message::Sync(ack) => acks.push(ack),
-            Message::Dispose(garbage) => drop(garbage),
-            Message::Shutdown => return,
+        if handle(message, &mut deadlines, &mut acks) {
+            return;
         }
     }
+}
+
+/// Applies one message; true for `Shutdown`.
+fn handle(
+    message: Message,
+    deadlines: &mut BinaryHeap<Reverse<(u64, u64)>>,
+    acks: &mut Vec<Sender<()>>,
+) -> bool {
+    match message {
+        Message::Schedule { key_id, deadline } => deadlines.push(Reverse((deadline, key_id))),
+        Message::Sync(ack) => acks.push(ack),
+        Message::Dispose(garbage) => drop(garbage),
+        Message::Shutdown => return true,
+    }
+    false
 }

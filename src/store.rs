@@ -593,16 +593,17 @@ impl Store {
     /// the bound.
     pub(crate) fn insert(&self, entry: EntryBuf, expires: u64, key_id: u64, now: u64) {
         let (s, hash) = self.locate(entry.key());
-        {
+        let added = {
             let mut shard = self.lock(s);
             let tick = self.next_tick();
-            match shard.find(hash, entry.key()) {
+            let added = match shard.find(hash, entry.key()) {
                 Some(i) => {
                     let node = &mut shard.nodes[i as usize];
                     node.entry = entry;
                     node.expires = expires;
                     node.key_id = key_id;
                     shard.touch(i, tick);
+                    false
                 }
                 None => {
                     let node = Node {
@@ -615,12 +616,17 @@ impl Store {
                     };
                     shard.add(hash, node, &self.hasher);
                     self.len.fetch_add(1, Ordering::Relaxed);
+                    true
                 }
-            }
+            };
             shard.counters.inserts += 1;
             self.publish_tail(s, &shard);
+            added
+        };
+        // A replacement adds nothing: whoever added an entry evicts for it.
+        if added {
+            self.evict_overflow(now);
         }
-        self.evict_overflow(now);
     }
 
     /// Stores a cached "not found" for `key` until `expires`.
@@ -631,17 +637,42 @@ impl Store {
     }
 
     /// Evicts globally least recently used entries until the bound holds.
+    /// Each eviction is first reserved by taking one off `len` while it is
+    /// over the bound, so threads inserting at once evict one entry per
+    /// entry added, never more.
     fn evict_overflow(&self, now: u64) {
-        while self.len.load(Ordering::Relaxed) > self.max_entries {
+        let max = self.max_entries;
+        while self
+            .len
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |len| {
+                (len > max).then(|| len - 1)
+            })
+            .is_ok()
+        {
+            if !self.evict_oldest(now) {
+                // Nothing left to evict (every shard emptied meanwhile):
+                // give the reservation back.
+                self.len.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+        }
+    }
+
+    /// Removes the globally least recently used entry, already counted out
+    /// of `len` by the caller; false if every shard is empty.
+    fn evict_oldest(&self, now: u64) -> bool {
+        loop {
             let oldest = self
                 .tails
                 .iter()
                 .enumerate()
                 .map(|(s, tick)| (tick.load(Ordering::Relaxed), s))
                 .min();
-            let Some((tick, s)) = oldest else { return };
+            let Some((tick, s)) = oldest else {
+                return false;
+            };
             if tick == EMPTY {
-                return;
+                return false;
             }
             let mut shard = self.lock(s);
             let tail = shard.tail;
@@ -655,8 +686,8 @@ impl Store {
                 shard.counters.evictions += 1;
             }
             shard.remove(tail, &self.hasher);
-            self.removed(1);
             self.publish_tail(s, &shard);
+            return true;
         }
     }
 

@@ -849,3 +849,101 @@ fn public_types_are_send_and_sync_where_users_need_them() {
     send::<SecretBytes>();
     send_sync::<sealcache::LoadError<std::io::Error>>();
 }
+
+/// One thread adds new keys while another keeps replacing one key: the
+/// cache holds exactly `max_entries` entries throughout (each added entry
+/// evicts one, a replacement evicts none), never fewer because the two
+/// evicted for the same overflow.
+#[test]
+fn concurrent_inserts_evict_one_entry_per_entry_added() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    const MAX: usize = 32;
+    let clock = ManualClock::new();
+    let cache = cache_with(&clock, MAX);
+    for i in 0..MAX {
+        cache.insert(format!("fill{i}").as_str(), "x").unwrap();
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let below = Arc::new(AtomicUsize::new(0));
+    let adder = {
+        let (cache, stop) = (cache.clone(), Arc::clone(&stop));
+        thread::spawn(move || {
+            for i in 0..50_000u32 {
+                cache.insert(format!("new{i}").as_str(), "x").unwrap();
+            }
+            stop.store(true, Ordering::Relaxed);
+        })
+    };
+    let replacer = {
+        let (cache, stop, below) = (cache.clone(), Arc::clone(&stop), Arc::clone(&below));
+        thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                cache.insert("hot", "x").unwrap();
+                if cache.len() < MAX {
+                    below.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        })
+    };
+    adder.join().unwrap();
+    replacer.join().unwrap();
+    assert_eq!(
+        below.load(Ordering::Relaxed),
+        0,
+        "live entries were evicted below the bound"
+    );
+    assert_eq!(cache.len(), MAX);
+}
+
+/// A `Clock` that panics once on the reaper thread, then behaves.
+#[derive(Debug, Clone)]
+struct ClockThatPanicsOnce {
+    inner: ManualClock,
+    armed: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl sealcache::Clock for ClockThatPanicsOnce {
+    fn now(&self) -> Duration {
+        use std::sync::atomic::Ordering;
+        if thread::current().name() == Some("sealcache-reaper")
+            && self.armed.swap(false, Ordering::SeqCst)
+        {
+            panic!("a transient clock failure (deliberate, in a test)");
+        }
+        self.inner.now()
+    }
+
+    fn register_waker(&self, waker: sealcache::ClockWaker) {
+        self.inner.register_waker(waker);
+    }
+}
+
+/// A `Clock` is user code: one panic on the reaper thread must not stop
+/// keys from being wiped at their deadlines, nor make inserts fail.
+#[test]
+fn a_clock_that_panics_once_does_not_stop_the_reaper() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let inner = ManualClock::new();
+    let armed = Arc::new(AtomicBool::new(false));
+    let cache = SealCache::builder()
+        .ttl(TTL)
+        .clock(ClockThatPanicsOnce {
+            inner: inner.clone(),
+            armed: Arc::clone(&armed),
+        })
+        .build()
+        .unwrap();
+    cache.insert("k", "v").unwrap();
+    armed.store(true, Ordering::SeqCst);
+    inner.advance(Duration::from_secs(1)); // the reaper reads the clock: it panics
+    assert!(
+        !armed.load(Ordering::SeqCst),
+        "the reaper did read the clock"
+    );
+    inner.advance(TTL * 2); // past the key's deadline, with no traffic
+    let stats = cache.stats();
+    assert!(stats.reaper_alive);
+    assert_eq!((stats.live_keys, stats.keys_wiped), (0, 1), "{stats:?}");
+    cache.insert("k2", "v2").unwrap();
+    assert_eq!(get(&cache, "k2").unwrap(), b"v2");
+}

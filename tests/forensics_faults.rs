@@ -587,6 +587,18 @@ fn text_of_every_public_type_error_and_panicking_loader_holds_no_secret() {
         })
         .expect_err("loader error");
     texts.push(format!("{loader_err} {loader_err:?}"));
+    // A loader that asks for the secret it is loading.
+    let reentrant = cache
+        .get_or_try_load("reentrant", || -> Result<Option<Vec<u8>>, String> {
+            let inner = cache
+                .get_or_try_load("reentrant", || -> Result<Option<Vec<u8>>, String> {
+                    Ok(Some(b"never loaded".to_vec()))
+                });
+            let err = inner.expect_err("a loader asking for its own key");
+            Err(format!("inner call failed: {err} {err:?}"))
+        })
+        .expect_err("the outer loader reports the inner failure");
+    texts.push(format!("{reentrant} {reentrant:?}"));
     assert!(
         cache.get("loaded").expect("get").is_none(),
         "nothing cached"

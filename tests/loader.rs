@@ -24,6 +24,17 @@ fn cache(clock: &ManualClock) -> SealCache {
         .unwrap()
 }
 
+/// A cache on `clock` that refreshes entries in the last `fraction` of
+/// their TTL.
+fn refreshing_cache(clock: &ManualClock, fraction: f64) -> SealCache {
+    SealCache::builder()
+        .ttl(TTL)
+        .refresh_ahead(fraction)
+        .clock(clock.clone())
+        .build()
+        .unwrap()
+}
+
 fn value(result: Result<Option<sealcache::SecretBytes>, LoadError<DbError>>) -> Option<Vec<u8>> {
     result.unwrap().map(|s| s.expose_secret().to_vec())
 }
@@ -324,12 +335,7 @@ fn negative_caching_remembers_not_found_for_its_own_shorter_ttl() {
 #[test]
 fn refresh_ahead_reloads_once_while_everyone_else_gets_the_cached_value() {
     let clock = ManualClock::new();
-    let cache = SealCache::builder()
-        .ttl(TTL)
-        .refresh_ahead(0.25)
-        .clock(clock.clone())
-        .build()
-        .unwrap();
+    let cache = refreshing_cache(&clock, 0.25);
     let first = value(cache.get_or_try_load("k", || Ok::<_, DbError>(Some("v1"))));
     assert_eq!(first.unwrap(), b"v1");
     clock.advance(Duration::from_secs(44));
@@ -359,15 +365,93 @@ fn refresh_ahead_reloads_once_while_everyone_else_gets_the_cached_value() {
     assert!(cache.get("k").unwrap().is_some());
 }
 
+/// Callers that read the old value just before a refresh stores the new one
+/// reach the flight table after that refresh has left it: they must take
+/// the new value, not start another refresh. Four threads hammer one key in
+/// its refresh window, forty times; every round makes exactly one load.
+#[test]
+fn callers_racing_a_finishing_refresh_never_start_a_second_one() {
+    use std::sync::atomic::AtomicBool;
+    let mut loads_per_round = Vec::new();
+    for _ in 0..40 {
+        let clock = ManualClock::new();
+        let cache = refreshing_cache(&clock, 0.25);
+        value(cache.get_or_try_load("k", || Ok::<_, DbError>(Some("v1"))));
+        clock.advance(Duration::from_secs(45));
+        let loads = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let (cache, loads, stop) = (cache.clone(), Arc::clone(&loads), Arc::clone(&stop));
+                thread::spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        let got = value(cache.get_or_try_load("k", || {
+                            loads.fetch_add(1, Ordering::SeqCst);
+                            thread::sleep(Duration::from_millis(1));
+                            Ok::<_, DbError>(Some("v2"))
+                        }));
+                        assert!(got.is_some());
+                    }
+                })
+            })
+            .collect();
+        thread::sleep(Duration::from_millis(20));
+        stop.store(true, Ordering::Relaxed);
+        threads.into_iter().for_each(|t| t.join().unwrap());
+        loads_per_round.push(loads.load(Ordering::SeqCst));
+    }
+    assert!(
+        loads_per_round.iter().all(|&n| n == 1),
+        "loads per round: {loads_per_round:?}"
+    );
+}
+
+/// A loader that asks the cache for its own key, on its own thread, would
+/// wait for itself: it gets `LoadError::Reentrant` at once, also through
+/// another key's loader, and the key is not wedged afterwards.
+#[test]
+fn a_loader_asking_for_its_own_key_gets_reentrant_instead_of_hanging() {
+    let clock = ManualClock::new();
+    let cache = cache(&clock);
+    let (done_tx, done_rx) = mpsc::channel();
+    let inner_cache = cache.clone();
+    thread::spawn(move || {
+        let direct = inner_cache.get_or_try_load("a", || {
+            let inner = inner_cache.get_or_try_load("a", || Ok::<_, DbError>(Some("inner")));
+            assert!(matches!(inner, Err(LoadError::Reentrant)), "{inner:?}");
+            Ok::<_, DbError>(Some("outer"))
+        });
+        // a -> b -> a: the cycle goes through another key's loader.
+        let cycle = inner_cache.get_or_try_load("c", || {
+            let b = inner_cache.get_or_try_load("b", || {
+                let inner = inner_cache.get_or_try_load("c", || Ok::<_, DbError>(Some("x")));
+                assert!(matches!(inner, Err(LoadError::Reentrant)), "{inner:?}");
+                Ok::<_, DbError>(Some("b"))
+            });
+            assert_eq!(value(b).unwrap(), b"b");
+            Ok::<_, DbError>(Some("c"))
+        });
+        let _ = done_tx.send((value(direct), value(cycle)));
+    });
+    let (direct, cycle) = done_rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("a loader that asked for its own key never returned");
+    assert_eq!(direct.unwrap(), b"outer");
+    assert_eq!(cycle.unwrap(), b"c");
+    assert_eq!(cache.get("a").unwrap().unwrap().expose_secret(), b"outer");
+    cache.invalidate("a");
+    let again = value(cache.get_or_try_load("a", || Ok::<_, DbError>(Some("again"))));
+    assert_eq!(again.unwrap(), b"again", "the key is not wedged");
+    assert_eq!(
+        LoadError::<std::io::Error>::Reentrant.to_string(),
+        "a loader asked for the key it is loading, on the same thread: it would wait for itself"
+    );
+}
+
 #[test]
 fn a_failed_refresh_keeps_serving_the_still_valid_value() {
     let clock = ManualClock::new();
-    let cache = SealCache::builder()
-        .ttl(TTL)
-        .refresh_ahead(0.5)
-        .clock(clock.clone())
-        .build()
-        .unwrap();
+    let cache = refreshing_cache(&clock, 0.5);
     value(cache.get_or_try_load("k", || Ok::<_, DbError>(Some("v1"))));
     clock.advance(Duration::from_secs(31));
     let got = value(cache.get_or_try_load("k", || Err::<Option<&str>, _>(DbError("down"))));
@@ -416,12 +500,7 @@ fn stale_if_error_is_capped_exactly_at_max_stale() {
 #[test]
 fn a_failed_reload_never_serves_a_value_past_expiry_or_max_stale() {
     let clock = ManualClock::new();
-    let refreshing = SealCache::builder()
-        .ttl(TTL)
-        .refresh_ahead(0.5)
-        .clock(clock.clone())
-        .build()
-        .unwrap();
+    let refreshing = refreshing_cache(&clock, 0.5);
     value(refreshing.get_or_try_load("k", || Ok::<_, DbError>(Some("v1"))));
     clock.advance(Duration::from_secs(31)); // in the refresh window
     let slow_failure = refreshing.get_or_try_load("k", || {
