@@ -399,7 +399,13 @@ impl SealCache {
     /// same guarantees. The loader future is only polled by the one caller
     /// that leads the flight; waiting callers do not block executor threads.
     /// If the leading future is dropped before it finishes, a waiting caller
-    /// takes over. Runtime-agnostic (only `std::task`).
+    /// takes over; one that is kept but no longer polled (parked in a
+    /// `select!` that moved on, say) holds every caller of that key until it
+    /// is dropped or the key is invalidated, so drop a leader you stop
+    /// polling, or bound the loader with a timeout inside it. Calling the
+    /// blocking form for a key whose async leader runs on the same
+    /// single-threaded executor waits forever. Runtime-agnostic (only
+    /// `std::task`).
     ///
     /// # Errors
     /// As [`get_or_try_load`](Self::get_or_try_load).

@@ -307,8 +307,10 @@ fn reaper_wipes_keys_on_the_real_clock_with_no_traffic() {
         );
         thread::sleep(Duration::from_millis(10));
     };
-    // Scheduling slack on a loaded 2-core machine: 1.5 s.
-    let latest = ttl + epoch + Duration::from_millis(1500);
+    // Scheduling slack on a loaded 2-core machine (the test suite forks
+    // and builds in parallel): 3 s. The exact deadline is proved on the
+    // manual clock (`reaper_wipes_each_key_at_its_deadline_with_no_traffic`).
+    let latest = ttl + epoch + Duration::from_secs(3);
     assert!(
         wiped_within <= latest,
         "key wiped {wiped_within:?} after the insert (deadline at most {:?})",
