@@ -17,7 +17,7 @@ use crate::memory::{LockedBuf, ProtectionFailure, Protections};
 use crate::reaper::{Reaper, Wipe};
 use crate::seal;
 use crate::secret::{CacheKey, SecretBytes, SecretValue};
-use crate::store::{EntryBuf, Read, Store, Tally};
+use crate::store::{EntryBuf, Read, Stale, Store, Tally};
 
 /// Longest accepted cache key, in bytes (64 KiB − 1).
 pub const MAX_KEY_LEN: usize = u16::MAX as usize;
@@ -42,8 +42,11 @@ const SCRATCH_MIN: usize = 4096 - 16;
 
 /// Counters of what the cache has done since it was built.
 ///
-/// Every read (`get`, `with`, the first look of `get_or_try_load`) counts
-/// exactly once: as a hit, a miss, a negative hit, or an integrity failure.
+/// A read (`get`, `with`, the first look of `get_or_try_load`) that returns
+/// `Ok` counts exactly once: as a hit, a miss or a negative hit; one that
+/// finds a damaged entry counts one integrity failure. Reads refused in a
+/// forked child, and a `with` that found its entry but could not get a
+/// locked scratch buffer (`Error::Protection`), count nothing.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Stats {
@@ -292,6 +295,36 @@ impl SealCache {
         })
     }
 
+    /// Runs `f` with the current epoch's key (made, and handed to the
+    /// reaper, if this is the epoch's first use); returns its result and the
+    /// key's id.
+    fn with_current_key<R>(
+        &self,
+        now: u64,
+        f: impl FnOnce(u64, &[u8; seal::KEY_LEN]) -> R,
+    ) -> Result<(R, u64), Error> {
+        let keyring = &self.core().keyring;
+        let (result, key_id, new_key) = keyring.with_current(now, f)?;
+        if let Some(new_key) = new_key
+            && !self
+                .shared
+                .reaper
+                .schedule(new_key.key_id, new_key.deadline)
+        {
+            keyring.wipe(new_key.key_id);
+            return Err(Error::Reaper);
+        }
+        Ok((result, key_id))
+    }
+
+    /// Stores a cached "not found" for `key` until `expires`, tied to the
+    /// current epoch key so that the reaper drops it once it has expired.
+    pub(crate) fn store_negative(&self, key: &[u8], expires: u64, now: u64) -> Result<(), Error> {
+        let ((), key_id) = self.with_current_key(now, |_, _| ())?;
+        self.core().store.insert_negative(key, expires, key_id, now);
+        Ok(())
+    }
+
     /// Seals `plaintext` and stores it under `key` at time `now`.
     pub(crate) fn store_plaintext(
         &self,
@@ -313,19 +346,10 @@ impl SealCache {
         })?;
         let mut entry =
             EntryBuf::new(key, sealed_len).ok_or(Error::KeyTooLong { len: key.len() })?;
-        let (sealed, key_id, new_key) = core.keyring.with_current(now, |epoch, epoch_key| {
+        let (sealed, key_id) = self.with_current_key(now, |epoch, epoch_key| {
             let (key, out) = entry.key_and_sealed_mut();
             seal::seal_into(epoch_key, epoch, key, plaintext, out)
         })?;
-        if let Some(new_key) = new_key
-            && !self
-                .shared
-                .reaper
-                .schedule(new_key.key_id, new_key.deadline)
-        {
-            core.keyring.wipe(new_key.key_id);
-            return Err(Error::Reaper);
-        }
         sealed.map_err(|_| Error::Random)?;
         let expires = self.expiry(key, now);
         core.store.insert(entry, expires, key_id, now);
@@ -343,28 +367,36 @@ impl SealCache {
         if self.forked() {
             return Err(Error::Forked);
         }
-        // Stale entries (kept for stale-if-error) are a miss here, not removed.
+        // Stale entries (kept for stale-if-error) are a miss here, not
+        // removed, and not decrypted.
         Ok(
-            match self.read_secret(key.key_bytes(), self.now(), self.stale_grace())? {
+            match self.read_secret(key.key_bytes(), self.now(), self.stale_grace(), Stale::Skip)? {
                 Read::Hit(secret, _) => Some(secret),
                 Read::Stale(_) | Read::Negative | Read::Miss => None,
             },
         )
     }
 
-    /// Reads and opens the entry under `key` into a [`SecretBytes`].
+    /// Reads and opens the entry under `key` into a [`SecretBytes`] (a
+    /// stale one only with [`Stale::Open`]).
     pub(crate) fn read_secret(
         &self,
         key: &[u8],
         now: u64,
         grace: u64,
+        stale: Stale,
     ) -> Result<Read<SecretBytes>, Error> {
-        self.read_with(key, now, grace, Tally::Count)
+        self.read_with(key, now, grace, Tally::Count, stale)
     }
 
     /// As `read_secret`, not counted in hits and misses.
-    pub(crate) fn peek_secret(&self, key: &[u8], now: u64) -> Result<Read<SecretBytes>, Error> {
-        self.read_with(key, now, self.stale_grace(), Tally::Quiet)
+    pub(crate) fn peek_secret(
+        &self,
+        key: &[u8],
+        now: u64,
+        stale: Stale,
+    ) -> Result<Read<SecretBytes>, Error> {
+        self.read_with(key, now, self.stale_grace(), Tally::Quiet, stale)
     }
 
     fn read_with(
@@ -373,9 +405,10 @@ impl SealCache {
         now: u64,
         grace: u64,
         tally: Tally,
+        stale: Stale,
     ) -> Result<Read<SecretBytes>, Error> {
         let core = self.core();
-        core.store.read(key, now, grace, tally, |found| {
+        core.store.read(key, now, grace, tally, stale, |found| {
             let len = seal::plaintext_len(found.sealed).ok_or(Error::Integrity)?;
             let opened = core.keyring.with_key(found.key_id, |epoch, epoch_key| {
                 let mut out = SecretBytes::zeroed(len);
@@ -407,7 +440,7 @@ impl SealCache {
         let grace = self.stale_grace();
         let read = core
             .store
-            .read(key, self.now(), grace, Tally::Count, |found| {
+            .read(key, self.now(), grace, Tally::Count, Stale::Skip, |found| {
                 let len = seal::plaintext_len(found.sealed).ok_or(Error::Integrity)?;
                 let stripe = crate::home_stripe::home_stripe(SCRATCH_STRIPES);
                 let mut buf = self.take_scratch(stripe, len)?;
@@ -429,11 +462,11 @@ impl SealCache {
             })?;
         let (mut buf, len, stripe) = match read {
             Read::Hit(opened, _) => opened,
-            Read::Stale((buf, len, stripe)) => {
+            Read::Stale(Some((buf, len, stripe))) => {
                 self.return_scratch(stripe, buf, len);
                 return Ok(None);
             }
-            Read::Negative | Read::Miss => return Ok(None),
+            Read::Stale(None) | Read::Negative | Read::Miss => return Ok(None),
         };
         let result = f(buf.slice_mut(len));
         self.return_scratch(stripe, buf, len);
@@ -527,8 +560,10 @@ impl SealCache {
         self.shared.reaper.dispose(garbage);
     }
 
-    /// Number of entries held. Expired entries count until a read, an
-    /// eviction or the reaper removes them (at most one epoch after expiry).
+    /// Number of entries held, cached "not found" entries included. Expired
+    /// entries count until a read, an eviction or the reaper removes them:
+    /// the reaper drops each entry with its epoch key, at most one epoch
+    /// (plus `max_stale`, plus what TTL jitter cut off) after it expired.
     pub fn len(&self) -> usize {
         self.core().store.len()
     }

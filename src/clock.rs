@@ -34,8 +34,8 @@ pub trait Clock: Send + Sync + fmt::Debug + 'static {
     }
 }
 
-/// The default clock: `CLOCK_BOOTTIME` on Linux (monotonic, counts suspend),
-/// `CLOCK_MONOTONIC` elsewhere.
+/// The default clock: `CLOCK_BOOTTIME` (monotonic, counts suspend). The
+/// crate builds only for Linux.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct BootClock;
 

@@ -65,6 +65,8 @@ pub enum ValueProblem {
     Overflow,
     /// The value is a number outside the accepted range.
     OutOfRange,
+    /// The value is not a finite number (NaN or infinite).
+    NotFinite,
 }
 
 impl fmt::Display for ValueProblem {
@@ -77,6 +79,7 @@ impl fmt::Display for ValueProblem {
             Self::Zero => "is zero",
             Self::Overflow => "is too large to represent",
             Self::OutOfRange => "is out of range",
+            Self::NotFinite => "is not a finite number",
         })
     }
 }
@@ -90,14 +93,21 @@ pub enum ConfigError {
     Env {
         /// The variable, e.g. `SEALCACHE_TTL_SECS`.
         variable: &'static str,
-        /// The value as read (lossily converted, at most 64 characters),
-        /// echoed so the operator sees what was wrong. These variables hold
-        /// a TTL and a count, never a secret.
+        /// The value as read if it is made only of digits and signs (at
+        /// most 64 of them), else only its length, e.g. `<7 characters>`:
+        /// these variables hold a TTL and a count, but a misrouted one (a
+        /// template that put a password there) must not reach the logs.
         value: String,
         /// What was wrong with it.
         problem: ValueProblem,
         /// The accepted range, e.g. `1..=3600 (seconds)`.
         accepted: &'static str,
+    },
+    /// A `SEALCACHE_` environment variable that sealcache does not read
+    /// (a misspelled name would otherwise be ignored without a word).
+    UnknownEnv {
+        /// The variable's name (lossily converted, at most 64 characters).
+        variable: String,
     },
     /// A builder setting was out of its accepted range.
     Setting {
@@ -123,7 +133,12 @@ impl fmt::Display for ConfigError {
                 accepted,
             } => write!(
                 f,
-                "environment variable {variable}={value:?} {problem}; accepted: {accepted}"
+                "environment variable {variable}={value} {problem}; accepted: {accepted}"
+            ),
+            Self::UnknownEnv { variable } => write!(
+                f,
+                "environment variable {variable:?} is not one sealcache reads (it reads \
+                 {ENV_TTL_SECS} and {ENV_MAX_ENTRIES}); a misspelling? Unset or rename it"
             ),
             Self::Setting {
                 setting,
@@ -213,17 +228,21 @@ impl Builder {
     ///
     /// # Errors
     /// [`ConfigError::Env`] for a set variable whose value is empty, not a
-    /// whole decimal number, negative, zero, too large or out of range.
+    /// whole decimal number, negative, zero, too large or out of range;
+    /// [`ConfigError::UnknownEnv`] for any other variable whose name starts
+    /// with `SEALCACHE_` in any case (`SEALCACHE_TTL`, `sealcache_ttl_secs`).
     pub fn from_env() -> Result<Self, ConfigError> {
+        check_env_names(std::env::vars_os().map(|(name, _)| name))?;
         Self::from_env_with(|name| std::env::var_os(name))
     }
 
     /// Like [`from_env`](Self::from_env), reading variables through `lookup`
     /// instead of the process environment (for tests and for configuration
-    /// systems that mimic the environment).
+    /// systems that mimic the environment). `lookup` cannot list names, so
+    /// unknown `SEALCACHE_` variables are not reported here.
     ///
     /// # Errors
-    /// As [`from_env`](Self::from_env).
+    /// [`ConfigError::Env`], as for [`from_env`](Self::from_env).
     pub fn from_env_with(lookup: impl Fn(&str) -> Option<OsString>) -> Result<Self, ConfigError> {
         let mut builder = Self::new();
         if let Some(raw) = lookup(ENV_TTL_SECS) {
@@ -310,7 +329,11 @@ impl Builder {
     /// Opt-in refresh-ahead: the first
     /// [`get_or_try_load`](crate::SealCache::get_or_try_load) hit in the last
     /// `fraction` of an entry's TTL reloads it (one load, however many
-    /// callers) while every other caller keeps getting the cached value. If
+    /// callers; that caller waits for the load) while every other caller
+    /// keeps getting the cached value. With
+    /// [`ttl_jitter`](Self::ttl_jitter) the window is `fraction` of the
+    /// shortest lifetime jitter can give, `TTL × (1 − jitter)`, so that no
+    /// entry is reloaded before `1 − fraction` of its own lifetime. If
     /// the reload fails, its caller gets the cached value only if that is
     /// still live when the loader gives up (or within `max_stale` of its
     /// expiry, when set), else the loader's error.
@@ -434,6 +457,28 @@ impl Builder {
     }
 }
 
+/// The variable the crate's own tests read (see `.ci/run`): not a setting,
+/// but not a misspelling either.
+const ENV_TESTS_STRICT: &str = "SEALCACHE_STRICT_ENV";
+
+/// Fails on the first name that starts with `SEALCACHE_` (any case) and is
+/// not a variable `from_env` reads.
+fn check_env_names(names: impl IntoIterator<Item = OsString>) -> Result<(), ConfigError> {
+    const PREFIX: &str = "SEALCACHE_";
+    for name in names {
+        let text = name.to_string_lossy();
+        let prefixed = text
+            .get(..PREFIX.len())
+            .is_some_and(|head| head.eq_ignore_ascii_case(PREFIX));
+        if prefixed && ![ENV_TTL_SECS, ENV_MAX_ENTRIES, ENV_TESTS_STRICT].contains(&&*text) {
+            return Err(ConfigError::UnknownEnv {
+                variable: text.chars().take(64).collect(),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Checks that an opt-in fraction lies strictly between 0 and 1.
 fn check_fraction(setting: &'static str, fraction: Option<f64>) -> Result<(), ConfigError> {
     match fraction {
@@ -442,8 +487,10 @@ fn check_fraction(setting: &'static str, fraction: Option<f64>) -> Result<(), Co
             value: format!("{f}"),
             problem: if f == 0.0 {
                 ValueProblem::Zero
-            } else if f.is_nan() {
-                ValueProblem::NotANumber
+            } else if !f.is_finite() {
+                ValueProblem::NotFinite
+            } else if f < 0.0 {
+                ValueProblem::Negative
             } else {
                 ValueProblem::OutOfRange
             },
@@ -461,7 +508,15 @@ fn parse_env(
     max: u64,
     accepted: &'static str,
 ) -> Result<u64, ConfigError> {
-    let shown: String = raw.to_string_lossy().chars().take(64).collect();
+    let lossy = raw.to_string_lossy();
+    let numeric = lossy
+        .chars()
+        .all(|c| c.is_ascii_digit() || c == '+' || c == '-');
+    let shown = if numeric && !lossy.is_empty() {
+        format!("{:?}", lossy.chars().take(64).collect::<String>())
+    } else {
+        format!("<{} characters>", lossy.chars().count())
+    };
     let fail = |problem| ConfigError::Env {
         variable,
         value: shown.clone(),
@@ -590,6 +645,77 @@ mod tests {
         assert!(err.contains("SEALCACHE_TTL_SECS"), "{err}");
         assert!(err.contains("is zero"), "{err}");
         assert!(err.contains("1..=3600"), "{err}");
+        assert_eq!(
+            env(Some("-5"), None).unwrap_err().to_string(),
+            "environment variable SEALCACHE_TTL_SECS=\"-5\" is negative; accepted: 1..=3600 \
+             (whole seconds)"
+        );
+    }
+
+    /// A value that is not made of digits and signs may be a secret that a
+    /// template put in the wrong variable: the error shows its length only.
+    #[test]
+    fn a_non_numeric_value_is_not_echoed() {
+        let err = env(Some("hunter2-Passw0rd"), None).unwrap_err();
+        let text = format!("{err} {err:?}");
+        assert!(
+            !text.contains("hunter") && !text.contains("Passw0rd"),
+            "{text}"
+        );
+        assert!(text.contains("<16 characters>"), "{text}");
+        let err = env(None, Some("")).unwrap_err().to_string();
+        assert!(err.contains("<0 characters> is empty"), "{err}");
+    }
+
+    #[test]
+    fn misspelled_sealcache_variables_are_reported_by_name() {
+        let names = |list: &[&str]| list.iter().map(OsString::from).collect::<Vec<_>>();
+        assert_eq!(
+            check_env_names(names(&[
+                "PATH",
+                ENV_TTL_SECS,
+                ENV_MAX_ENTRIES,
+                ENV_TESTS_STRICT,
+                "SEALCACHEX"
+            ])),
+            Ok(())
+        );
+        for typo in [
+            "SEALCACHE_TTL",
+            "sealcache_ttl_secs",
+            "Sealcache_Max_Entries",
+        ] {
+            let err = check_env_names(names(&["HOME", typo])).unwrap_err();
+            assert_eq!(
+                err,
+                ConfigError::UnknownEnv {
+                    variable: typo.into()
+                }
+            );
+            assert!(err.to_string().contains("misspelling"), "{err}");
+        }
+    }
+
+    #[test]
+    fn fractions_say_what_is_wrong_with_them() {
+        let problem = |f: f64| match Builder::new().refresh_ahead(f).settings() {
+            Err(ConfigError::Setting { problem, .. }) => problem,
+            other => panic!("{f}: {other:?}"),
+        };
+        assert_eq!(problem(f64::NAN), ValueProblem::NotFinite);
+        assert_eq!(problem(f64::INFINITY), ValueProblem::NotFinite);
+        assert_eq!(problem(-0.5), ValueProblem::Negative);
+        assert_eq!(problem(0.0), ValueProblem::Zero);
+        assert_eq!(problem(1.5), ValueProblem::OutOfRange);
+        let text = Builder::new()
+            .ttl_jitter(f64::NAN)
+            .settings()
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            text,
+            "setting `ttl_jitter` = NaN is not a finite number; accepted: 0 < fraction < 1"
+        );
     }
 
     #[test]

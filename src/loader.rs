@@ -28,7 +28,7 @@ use crossbeam_utils::CachePadded;
 use crate::cache::{MAX_KEY_LEN, SealCache};
 use crate::error::Error;
 use crate::secret::{CacheKey, SecretBytes, SecretValue};
-use crate::store::Read;
+use crate::store::{Read, Stale};
 
 /// Why [`SealCache::get_or_try_load`] failed.
 #[derive(Debug)]
@@ -457,7 +457,7 @@ impl SealCache {
         }
         let now = self.now();
         let mut fallback = false;
-        match self.read_secret(key, now, self.stale_grace())? {
+        match self.read_secret(key, now, self.stale_grace(), Stale::Skip)? {
             Read::Hit(secret, expires) => {
                 if !self.in_refresh_window(now, expires) {
                     return Ok(Step::Done(Some(secret)));
@@ -471,7 +471,7 @@ impl SealCache {
                 // A refresh may have stored its value between our read and
                 // this lock (which flights finish under): serve that one
                 // rather than load again.
-                if let Read::Hit(fresh, fresh_expires) = self.peek_secret(key, now)?
+                if let Read::Hit(fresh, fresh_expires) = self.peek_secret(key, now, Stale::Skip)?
                     && fresh_expires != expires
                 {
                     return Ok(Step::Done(Some(fresh)));
@@ -512,7 +512,7 @@ impl SealCache {
         }
         // A flight may have finished between our read and this lock: look
         // again, under the lock that flights finish under.
-        match self.peek_secret(key, now)? {
+        match self.peek_secret(key, now, Stale::Skip)? {
             Read::Hit(secret, _) => {
                 bump(&self.load_counters().coalesced_waits);
                 return Ok(Step::Done(Some(secret)));
@@ -556,7 +556,12 @@ impl SealCache {
         let Some(fraction) = self.settings().refresh_ahead else {
             return false;
         };
-        let window = (crate::clock::nanos(self.settings().ttl) as f64 * fraction) as u64;
+        // Measured on the shortest lifetime an entry can have (TTL jitter
+        // cuts up to its fraction off the TTL), so that no entry, however
+        // jittered, is refreshed before `1 - fraction` of its own lifetime.
+        let ttl = crate::clock::nanos(self.settings().ttl) as f64;
+        let shortest = ttl * (1.0 - self.settings().ttl_jitter.unwrap_or(0.0));
+        let window = (shortest * fraction) as u64;
         now.saturating_add(window) >= expires
     }
 
@@ -623,7 +628,9 @@ impl SealCache {
                         if let Some(negative) = self.settings().negative_ttl {
                             let now = self.now();
                             let expires = now.saturating_add(crate::clock::nanos(negative));
-                            self.store().insert_negative(key, expires, now);
+                            // Without a key (the reaper has stopped) the
+                            // "not found" is simply not cached.
+                            let _ = self.store_negative(key, expires, now);
                         }
                     }
                     leader.unregister(&mut map);
@@ -642,13 +649,13 @@ impl SealCache {
                 let (served, waiters) = {
                     let mut map = self.flights().lock(leader.shard);
                     let served = if fallback && !self.flights().is_fenced(&leader.flight) {
-                        match self.peek_secret(key, self.now()) {
+                        match self.peek_secret(key, self.now(), Stale::Open) {
                             Ok(Read::Hit(secret, _)) => Some(secret),
-                            Ok(Read::Stale(secret)) => {
+                            Ok(Read::Stale(Some(secret))) => {
                                 bump(&self.load_counters().stale_served);
                                 Some(secret)
                             }
-                            Ok(Read::Negative | Read::Miss) | Err(_) => None,
+                            Ok(Read::Stale(None) | Read::Negative | Read::Miss) | Err(_) => None,
                         }
                     } else {
                         None

@@ -12,6 +12,14 @@ use zeroize::{Zeroize, ZeroizeOnDrop};
 /// identity of the entry and are bound into each sealed entry's associated
 /// data, so an entry moved to another key fails to open.
 ///
+/// **Keys are not secret.** The cache keeps them in plaintext on the
+/// ordinary heap (in its index, in the flight table of a running load, in
+/// cached "not found" entries) and does not wipe them when they go: a
+/// memory dump shows which keys were cached or asked for. Name entries by
+/// an id (`"db/password"`, a user or tenant id), never by a secret; to
+/// look a secret up by another secret (a token by its value), key by a
+/// keyed hash of it (HMAC under a key of your own).
+///
 /// Implemented for `str`, `String`, `[u8]`, `Vec<u8>`, `[u8; N]` and
 /// references to them.
 pub trait CacheKey {
@@ -234,14 +242,20 @@ impl fmt::Debug for SecretBytes {
 }
 
 impl PartialEq for SecretBytes {
-    /// Constant-time comparison (no early exit on the first differing byte).
+    /// Compares every byte, with no early exit at the first difference, to
+    /// keep the time from depending on where two equal-length secrets
+    /// differ. Lengths are compared first and are not hidden. A best
+    /// effort: Rust promises no constant-time code generation (each step
+    /// goes through `black_box` so the optimiser cannot see an early exit);
+    /// use a dedicated crate such as `subtle` where timing is in the threat
+    /// model.
     fn eq(&self, other: &Self) -> bool {
         self.bytes.len() == other.bytes.len()
             && self
                 .bytes
                 .iter()
                 .zip(other.bytes.iter())
-                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                .fold(0u8, |acc, (a, b)| core::hint::black_box(acc | (a ^ b)))
                 == 0
     }
 }

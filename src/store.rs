@@ -19,8 +19,6 @@ use crate::error::Error;
 const NIL: u32 = u32::MAX;
 /// Key id of a free node (no key ever has it).
 const FREE: u64 = 0;
-/// Key id of a cached "not found" (negative entry): no sealed bytes.
-pub(crate) const NEGATIVE: u64 = u64::MAX;
 /// Published tail tick of an empty shard.
 const EMPTY: u64 = u64::MAX;
 
@@ -121,6 +119,12 @@ impl Node {
     }
     fn sealed(&self) -> &[u8] {
         self.entry.sealed()
+    }
+    /// A cached "not found": an entry with no sealed bytes (a sealed value
+    /// is never empty). Its key id is the epoch key current when it was
+    /// stored, so the reaper drops it with that key, after it expired.
+    fn is_negative(&self) -> bool {
+        self.entry.sealed().is_empty()
     }
 }
 
@@ -241,12 +245,23 @@ impl Shard {
 pub(crate) enum Read<R> {
     /// A live entry, opened by the caller's closure; with its expiry.
     Hit(R, u64),
-    /// An entry past its expiry but within the stale grace period, opened.
-    Stale(R),
+    /// An entry past its expiry but within the stale grace period: opened
+    /// if the reader asked for stale values ([`Stale::Open`]), else `None`.
+    Stale(Option<R>),
     /// A live cached "not found".
     Negative,
     /// No usable entry (absent, expired, or its key was wiped).
     Miss,
+}
+
+/// What a read does with an entry in its stale grace period.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Stale {
+    /// Open it (a failed reload's fallback).
+    Open,
+    /// Report it without opening it: a caller that will not return it has
+    /// no business decrypting it.
+    Skip,
 }
 
 /// Whether a read counts in the hit/miss statistics.
@@ -438,6 +453,7 @@ impl Store {
         now: u64,
         grace: u64,
         tally: Tally,
+        stale: Stale,
         open: impl FnOnce(Found<'_>) -> Result<Option<R>, Error>,
     ) -> Result<Read<R>, Error> {
         let (s, hash) = self.locate(key);
@@ -457,12 +473,15 @@ impl Store {
                 _ => Read::Miss,
             });
         };
+        if copy.stale && stale == Stale::Skip {
+            return Ok(Read::Stale(None));
+        }
         let found = Found {
             key_id: copy.key_id,
             sealed: sealed.as_slice(),
         };
         match open(found) {
-            Ok(Some(value)) if copy.stale => Ok(Read::Stale(value)),
+            Ok(Some(value)) if copy.stale => Ok(Read::Stale(Some(value))),
             Ok(Some(value)) => Ok(Read::Hit(value, copy.expires)),
             Ok(None) => {
                 self.undo_read(s, hash, key, (copy, &sealed), tally, Undone::KeyWiped);
@@ -497,12 +516,12 @@ impl Store {
             counters.misses += 1;
             return Looked::Miss;
         };
-        let (expires, key_id) = {
+        let (expires, key_id, negative) = {
             let node = &shard.nodes[i as usize];
-            (node.expires, node.key_id)
+            (node.expires, node.key_id, node.is_negative())
         };
         let stale = now >= expires;
-        if stale && (key_id == NEGATIVE || now - expires >= grace) {
+        if stale && (negative || now - expires >= grace) {
             shard.remove(i, &self.hasher);
             counters.misses += 1;
             counters.expirations += 1;
@@ -520,7 +539,7 @@ impl Store {
             }
             self.publish_tail(s, shard);
         }
-        if key_id == NEGATIVE {
+        if negative {
             counters.negative_hits += 1;
             return Looked::Negative;
         }
@@ -629,10 +648,12 @@ impl Store {
         }
     }
 
-    /// Stores a cached "not found" for `key` until `expires`.
-    pub(crate) fn insert_negative(&self, key: &[u8], expires: u64, now: u64) {
+    /// Stores a cached "not found" for `key` until `expires`, tied to the
+    /// epoch key `key_id` (whose deadline is after `expires`): the reaper
+    /// drops it when it wipes that key.
+    pub(crate) fn insert_negative(&self, key: &[u8], expires: u64, key_id: u64, now: u64) {
         if let Some(entry) = EntryBuf::new(key, 0) {
-            self.insert(entry, expires, NEGATIVE, now);
+            self.insert(entry, expires, key_id, now);
         }
     }
 
@@ -836,7 +857,7 @@ mod tests {
 
     fn get(store: &Store, key: &[u8], now: u64) -> Option<Vec<u8>> {
         match store
-            .read(key, now, 0, Tally::Count, |found| {
+            .read(key, now, 0, Tally::Count, Stale::Open, |found| {
                 Ok(Some(found.sealed.to_vec()))
             })
             .unwrap()
@@ -885,7 +906,7 @@ mod tests {
         let (inside, release) = (std::sync::Barrier::new(2), std::sync::Barrier::new(2));
         std::thread::scope(|scope| {
             let slow = scope.spawn(|| {
-                store.read(b"hot", 0, 0, Tally::Count, |found| {
+                store.read(b"hot", 0, 0, Tally::Count, Stale::Open, |found| {
                     inside.wait();
                     release.wait();
                     Ok(Some(found.sealed.to_vec()))
@@ -914,26 +935,33 @@ mod tests {
         store.insert(data(b"k", b"old"), 100, 1, 0);
         // While the old entry is being opened, an insert replaces it; the
         // open then finds its key wiped. The replacement must survive.
-        let read = store.read(b"k", 0, 0, Tally::Count, |_| -> Result<Option<()>, Error> {
-            store.insert(data(b"k", b"new"), 100, 2, 0);
-            Ok(None)
-        });
+        let read = store.read(
+            b"k",
+            0,
+            0,
+            Tally::Count,
+            Stale::Open,
+            |_| -> Result<Option<()>, Error> {
+                store.insert(data(b"k", b"new"), 100, 2, 0);
+                Ok(None)
+            },
+        );
         assert!(matches!(read, Ok(Read::Miss)));
         assert_eq!(get(&store, b"k", 0).unwrap(), b"new");
         // Without a replacement, the entry whose key is gone is removed.
-        let read = store.read(b"k", 0, 0, Tally::Count, |_| Ok(None::<()>));
+        let read = store.read(b"k", 0, 0, Tally::Count, Stale::Open, |_| Ok(None::<()>));
         assert!(matches!(read, Ok(Read::Miss)));
         assert_eq!(store.len(), 0);
         // Integrity failures remove the entry too, and are counted.
         store.insert(data(b"t", b"bad"), 100, 1, 0);
-        let read = store.read(b"t", 0, 0, Tally::Quiet, |_| {
+        let read = store.read(b"t", 0, 0, Tally::Quiet, Stale::Open, |_| {
             Err::<Option<()>, _>(Error::Integrity)
         });
         assert!(matches!(read, Err(Error::Integrity)));
         assert_eq!(store.len(), 0);
         // Any other failure leaves the entry and counts nothing.
         store.insert(data(b"f", b"fine"), 100, 1, 0);
-        let read = store.read(b"f", 0, 0, Tally::Count, |_| {
+        let read = store.read(b"f", 0, 0, Tally::Count, Stale::Open, |_| {
             Err::<Option<()>, _>(Error::Forked)
         });
         assert!(matches!(read, Err(Error::Forked)));
@@ -966,25 +994,38 @@ mod tests {
     fn stale_entries_are_served_only_within_grace_and_negatives_never() {
         let store = Store::new(4, 10);
         store.insert(data(b"k", b"v"), 100, 1, 0);
-        store.insert_negative(b"n", 100, 0);
+        store.insert_negative(b"n", 100, 1, 0);
         let read = |now, grace| {
             store
-                .read(b"k", now, grace, Tally::Count, |found| {
+                .read(b"k", now, grace, Tally::Count, Stale::Open, |found| {
                     Ok(Some(found.sealed.to_vec()))
                 })
                 .unwrap()
         };
         assert!(matches!(read(99, 50), Read::Hit(_, 100)));
-        assert!(matches!(read(149, 50), Read::Stale(_)));
+        assert!(matches!(read(149, 50), Read::Stale(Some(_))));
+        let skipped = store
+            .read(
+                b"k",
+                149,
+                50,
+                Tally::Count,
+                Stale::Skip,
+                |_| -> Result<Option<()>, Error> {
+                    panic!("a stale entry the reader will not return is not opened")
+                },
+            )
+            .unwrap();
+        assert!(matches!(skipped, Read::Stale(None)));
         assert!(matches!(
             store
-                .read(b"n", 99, 50, Tally::Count, |_| Ok(Some(())))
+                .read(b"n", 99, 50, Tally::Count, Stale::Open, |_| Ok(Some(())))
                 .unwrap(),
             Read::Negative
         ));
         assert!(matches!(
             store
-                .read(b"n", 100, 50, Tally::Count, |_| Ok(Some(())))
+                .read(b"n", 100, 50, Tally::Count, Stale::Open, |_| Ok(Some(())))
                 .unwrap(),
             Read::Miss
         ));

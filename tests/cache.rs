@@ -897,7 +897,9 @@ fn concurrent_inserts_evict_one_entry_per_entry_added() {
     assert_eq!(cache.len(), MAX);
 }
 
-/// A `Clock` that panics once on the reaper thread, then behaves.
+/// A `Clock` that panics once on the reaper thread, then behaves. It wakes
+/// no reaper when it moves (its `register_waker` is the default no-op), so
+/// the reaper sees time pass only by re-reading it on its own.
 #[derive(Debug, Clone)]
 struct ClockThatPanicsOnce {
     inner: ManualClock,
@@ -914,17 +916,16 @@ impl sealcache::Clock for ClockThatPanicsOnce {
         }
         self.inner.now()
     }
-
-    fn register_waker(&self, waker: sealcache::ClockWaker) {
-        self.inner.register_waker(waker);
-    }
 }
 
 /// A `Clock` is user code: one panic on the reaper thread must not stop
-/// keys from being wiped at their deadlines, nor make inserts fail.
+/// keys from being wiped at their deadlines, with no traffic and no wake-up
+/// (the reaper reads the clock again within a second), nor make inserts
+/// fail.
 #[test]
 fn a_clock_that_panics_once_does_not_stop_the_reaper() {
     use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::Instant;
     let inner = ManualClock::new();
     let armed = Arc::new(AtomicBool::new(false));
     let cache = SealCache::builder()
@@ -936,16 +937,60 @@ fn a_clock_that_panics_once_does_not_stop_the_reaper() {
         .build()
         .unwrap();
     cache.insert("k", "v").unwrap();
+    assert!(cache.sync_reaper(), "the reaper holds the key's deadline");
+    // The reaper now sleeps (at most a second at a time) with no message
+    // to come: the next clock reading it makes on its own panics.
     armed.store(true, Ordering::SeqCst);
-    inner.advance(Duration::from_secs(1)); // the reaper reads the clock: it panics
-    assert!(
-        !armed.load(Ordering::SeqCst),
-        "the reaper did read the clock"
-    );
-    inner.advance(TTL * 2); // past the key's deadline, with no traffic
+    let began = Instant::now();
+    while armed.load(Ordering::SeqCst) {
+        assert!(
+            began.elapsed() < Duration::from_secs(10),
+            "the reaper never read the clock"
+        );
+        thread::sleep(Duration::from_millis(5));
+    }
+    inner.advance(TTL * 2); // past the key's deadline; nobody tells the reaper
+    let wiped = loop {
+        let stats = cache.stats();
+        if stats.keys_wiped == 1 {
+            break began.elapsed();
+        }
+        assert!(
+            began.elapsed() < Duration::from_secs(10),
+            "the key outlived its deadline: {stats:?}"
+        );
+        thread::sleep(Duration::from_millis(10));
+    };
     let stats = cache.stats();
     assert!(stats.reaper_alive);
-    assert_eq!((stats.live_keys, stats.keys_wiped), (0, 1), "{stats:?}");
+    assert_eq!(stats.live_keys, 0, "{stats:?} after {wiped:?}");
+    assert_eq!(cache.len(), 0, "the entry went with its key");
     cache.insert("k2", "v2").unwrap();
     assert_eq!(get(&cache, "k2").unwrap(), b"v2");
+}
+
+/// `get` and `with` never return an entry past its TTL, so they do not
+/// decrypt one either, even while `max_stale` keeps it for stale-if-error:
+/// a damaged stale entry reads as a plain miss, with no integrity failure
+/// (which only an attempt to open it could find).
+#[test]
+fn get_and_with_do_not_decrypt_stale_entries_they_will_not_return() {
+    let clock = ManualClock::new();
+    let cache = SealCache::builder()
+        .ttl(TTL)
+        .max_stale(TTL)
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    cache.insert("k", "v").unwrap();
+    clock.advance(TTL + Duration::from_secs(1)); // expired, within max_stale
+    assert!(testing::tamper(&cache, b"k", |sealed| sealed[30] ^= 1));
+    assert!(cache.get("k").unwrap().is_none());
+    assert!(cache.with("k", |_| ()).unwrap().is_none());
+    let stats = cache.stats();
+    assert_eq!(
+        (stats.integrity_failures, stats.misses, cache.len()),
+        (0, 2, 1),
+        "{stats:?}"
+    );
 }

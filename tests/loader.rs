@@ -290,6 +290,34 @@ fn not_found_is_reloaded_each_time_without_negative_caching() {
     assert_eq!(calls.load(Ordering::SeqCst), 3);
 }
 
+/// Cached "not found" entries hold the names of keys that were asked for
+/// (perhaps by an attacker probing): like sealed entries, the reaper drops
+/// them with their epoch key once they have expired, with no traffic, so
+/// they neither linger nor keep taking room from real secrets.
+#[test]
+fn the_reaper_drops_expired_not_found_entries_with_no_traffic() {
+    let clock = ManualClock::new();
+    let cache = SealCache::builder()
+        .ttl(TTL)
+        .negative_ttl(Duration::from_secs(1))
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    for i in 0..10 {
+        let missing = format!("probe-{i}");
+        assert!(
+            value(cache.get_or_try_load(&missing, || Ok::<Option<&str>, DbError>(None))).is_none()
+        );
+    }
+    assert_eq!(cache.len(), 10, "ten negative entries cached");
+    assert_eq!(cache.stats().live_keys, 1, "tied to the epoch's key");
+    // Their key's deadline: end of epoch 0 (15 s) + TTL.
+    clock.advance(Duration::from_secs(15) + TTL);
+    assert_eq!(cache.len(), 0, "dropped by the reaper, nothing read them");
+    let stats = cache.stats();
+    assert_eq!((stats.expirations, stats.live_keys), (10, 0), "{stats:?}");
+}
+
 #[test]
 fn negative_caching_remembers_not_found_for_its_own_shorter_ttl() {
     let clock = ManualClock::new();
@@ -592,6 +620,47 @@ fn ttl_jitter_spreads_expiries_but_never_lengthens_them() {
     );
     clock.advance(Duration::from_secs(15));
     assert_eq!(live(&cache), 0, "nothing outlives the TTL");
+}
+
+/// With TTL jitter, the refresh window is measured on the shortest lifetime
+/// jitter can give (here 6 s of a 60 s TTL, so a 3 s window): no entry is
+/// reloaded right after it was loaded, yet entries are still refreshed
+/// before they expire.
+#[test]
+fn refresh_ahead_with_jitter_never_reloads_a_fresh_entry() {
+    let clock = ManualClock::new();
+    let cache = SealCache::builder()
+        .ttl(TTL)
+        .max_entries(1000)
+        .refresh_ahead(0.5)
+        .ttl_jitter(0.9)
+        .clock(clock.clone())
+        .build()
+        .unwrap();
+    let loads = AtomicUsize::new(0);
+    let load_all = || {
+        for i in 0..200 {
+            let got = value(cache.get_or_try_load(&format!("k{i}"), || {
+                loads.fetch_add(1, Ordering::SeqCst);
+                Ok::<_, DbError>(Some("v"))
+            }));
+            assert!(got.is_some());
+        }
+    };
+    load_all();
+    load_all(); // the same instant: age 0
+    clock.advance(Duration::from_secs(3) - Duration::from_nanos(1));
+    load_all(); // every remaining lifetime is still above the 3 s window
+    assert_eq!(loads.load(Ordering::SeqCst), 200);
+    assert_eq!(cache.stats().refreshes, 0);
+    for _ in 0..57 {
+        clock.advance(Duration::from_secs(1));
+        load_all();
+    }
+    assert!(
+        cache.stats().refreshes > 0,
+        "entries are still refreshed ahead"
+    );
 }
 
 #[cfg(feature = "async")]

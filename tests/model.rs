@@ -515,3 +515,76 @@ fn a_scripted_run_through_max_stale() {
     assert_eq!(stats.negative_hits, 0);
     harness.finish();
 }
+
+/// The shrunk failures proptest once found, pinned as explicit cases: its
+/// regression file stores RNG seeds, which replay other inputs once the
+/// strategies change.
+#[test]
+fn shrunk_failures_replay_as_explicit_cases() {
+    let short = |max_entries, negative_ttl, max_stale| Config {
+        ttl_secs: 1,
+        epochs_per_ttl: 1,
+        max_entries,
+        negative_ttl,
+        max_stale,
+    };
+    // An empty value read exactly at its expiry.
+    Harness::run(
+        short(2, None, 0),
+        &[
+            Op::Insert { key: 6, len: 0 },
+            Op::ToExpiry {
+                entry: 0,
+                offset: Offset::At,
+            },
+            Op::Get { key: 6 },
+        ],
+    );
+    // Eviction with a bound of one.
+    Harness::run(
+        short(1, None, 0),
+        &[
+            Op::Insert { key: 2, len: 0 },
+            Op::Insert { key: 3, len: 0 },
+            Op::Get { key: 2 },
+        ],
+    );
+    // A cached "not found" makes the epoch's key (the reaper drops it with
+    // that key).
+    Harness::run(
+        short(1, Some(1_000_000), 0),
+        &[Op::Load {
+            key: 0,
+            loader: Loader::NotFound,
+        }],
+    );
+    // A damaged entry one nanosecond into its stale grace: the load's first
+    // look does not open it, so the loader runs.
+    Harness::run(
+        short(4, Some(999_999_999), 1),
+        &[
+            Op::Insert { key: 1, len: 0 },
+            Op::Load {
+                key: 0,
+                loader: Loader::NotFound,
+            },
+            Op::Load {
+                key: 2,
+                loader: Loader::NotFound,
+            },
+            Op::ToExpiry {
+                entry: 4,
+                offset: Offset::After,
+            },
+            Op::Tamper {
+                key: 1,
+                position: 0,
+                mask: 1,
+            },
+            Op::Load {
+                key: 1,
+                loader: Loader::NotFound,
+            },
+        ],
+    );
+}

@@ -204,8 +204,8 @@ struct Entry {
     expires: u64,
     key_id: u64,
     tick: u64,
-    /// A cached "not found" (`negative_ttl`): no value, no key, no sealed
-    /// bytes.
+    /// A cached "not found" (`negative_ttl`): no value and no sealed
+    /// bytes; its key id is the epoch key current when it was stored.
     negative: bool,
     /// Bits flipped in the stored sealed bytes, per position (all zero:
     /// intact; flipping the same bits twice restores the entry).
@@ -376,8 +376,11 @@ impl Model {
     pub fn load_not_found(&mut self, key: u8) {
         self.invalidate(key);
         if let Some(negative_ttl) = self.negative_ttl {
+            // Tied to the current epoch key (made if needed), so the reaper
+            // drops it with that key, after it expired.
+            let key_id = self.current_key();
             let expires = self.now + negative_ttl;
-            self.store(key, Vec::new(), expires, 0, true);
+            self.store(key, Vec::new(), expires, key_id, true);
         }
     }
 
@@ -439,20 +442,41 @@ impl Model {
             self.stats.negative_hits += 1;
             return Found::Negative;
         }
+        if past {
+            // Stale: a miss, kept, recency untouched, and not opened (so a
+            // damaged stale entry is not noticed here).
+            self.stats.misses += 1;
+            return Found::Stale(entry.value.clone());
+        }
         if entry.corrupt() {
             self.entries.remove(i);
             self.stats.integrity_failures += 1;
             return Found::Corrupt;
         }
-        if past {
-            // Stale: a miss, kept, recency untouched.
-            self.stats.misses += 1;
-            return Found::Stale(entry.value.clone());
-        }
         let tick = self.next_tick();
         self.entries[i].tick = tick;
         self.stats.hits += 1;
         Found::Value(self.entries[i].value.clone())
+    }
+
+    /// A failed load's fallback, read when the loader gives up: the stale
+    /// entry under `key` opened (not counted as a hit or miss); a damaged
+    /// one is removed and counted as an integrity failure.
+    pub fn fallback(&mut self, key: u8) -> Option<Vec<u8>> {
+        let i = self.position(key)?;
+        let entry = &self.entries[i];
+        let stale = !entry.negative
+            && self.now >= entry.expires
+            && self.now - entry.expires < self.max_stale;
+        if !stale {
+            return None;
+        }
+        if entry.corrupt() {
+            self.entries.remove(i);
+            self.stats.integrity_failures += 1;
+            return None;
+        }
+        Some(entry.value.clone())
     }
 
     /// `invalidate(key)`: whether an entry (live or expired) was held.
@@ -804,8 +828,9 @@ impl Harness {
             (real, expected @ (Found::Nothing | Found::Stale(_))) => {
                 self.reads += 1;
                 self.model.stats.loads += 1;
-                let stale = match expected {
-                    Found::Stale(old) => Some(old),
+                // Only a failed load reads its fallback, when it gives up.
+                let stale = match (&expected, loader) {
+                    (Found::Stale(_), Loader::Fail) => self.model.fallback(key % KEYS),
                     _ => None,
                 };
                 match (real, loader, fresh) {
