@@ -156,6 +156,9 @@ fn run_child(role: &str) {
     forensics::send_value("live_keys", stats.live_keys);
     forensics::send_value("keys_wiped", stats.keys_wiped);
     forensics::send_value("len", cache.len());
+    // Checked here too: a memfd_secret slab is unreadable from outside, so
+    // the parent cannot see for itself that it was wiped.
+    forensics::send_value("slab_zero", testing::slab_is_zero(&cache));
     forensics::send_value("protections", cache.protections());
     forensics::wait_for_parent();
     if finish == Finish::Abort {
@@ -267,6 +270,27 @@ fn report(test: &str, scan: &Scan, observed: &Observed) {
     );
 }
 
+/// Asserts that a scan of a live child really read its memory: it found the
+/// marker the child keeps on its heap, and the only memory it could not
+/// read is the slab's mapping (`memfd_secret`). Without this, a scan whose
+/// reads all failed would find nothing and pass.
+fn assert_scan_saw_everything(test: &str, scan: &Scan, observed: &Observed) {
+    assert!(
+        scan.found(Kind::Marker) >= 1,
+        "[{test}] the scan missed the marker the child keeps on its heap: it read nothing"
+    );
+    let (start, end) = observed.slab;
+    for region in &scan.unreadable {
+        assert!(
+            region.start <= start && end <= region.end,
+            "[{test}] unreadable memory besides the slab: {} ({} pages, errno {:?})",
+            region.label,
+            region.pages,
+            region.errno
+        );
+    }
+}
+
 /// Asserts the slab of a `memfd_secret` child cannot be read from outside.
 fn assert_slab_unreadable(pid: u32, observed: &Observed) {
     let (start, end) = observed.slab;
@@ -282,8 +306,10 @@ fn assert_no_trace_after(test: &str, role: &str) {
     let observed = observe(&mut child);
     assert_eq!(forensics::value(&observed.lines, "live_keys"), "0");
     assert_eq!(forensics::value(&observed.lines, "len"), "0");
+    assert_eq!(forensics::value(&observed.lines, "slab_zero"), "true");
     let scan = forensics::scan_process(child.pid(), &observed.needles);
     report(test, &scan, &observed);
+    assert_scan_saw_everything(test, &scan, &observed);
     assert_eq!(
         (
             scan.found(Kind::Plaintext),
@@ -354,6 +380,7 @@ fn live_dump_at_rest_finds_no_plaintext_and_no_key_behind_memfd_secret() {
     assert_slab_unreadable(child.pid(), &observed);
     let scan = forensics::scan_process(child.pid(), &observed.needles);
     report(TEST, &scan, &observed);
+    assert_scan_saw_everything(TEST, &scan, &observed);
     let (start, end) = observed.slab;
     assert!(
         scan.unreadable
@@ -382,6 +409,7 @@ fn live_dump_of_the_anonymous_backend_finds_no_plaintext_but_root_reads_the_keys
     let observed = observe(&mut child);
     let scan = forensics::scan_process(child.pid(), &observed.needles);
     report(TEST, &scan, &observed);
+    assert_scan_saw_everything(TEST, &scan, &observed);
     assert_eq!(scan.found(Kind::Plaintext), 0, "{}", scan.describe());
     let (start, end) = observed.slab;
     let keys = observed.needles.count(Kind::Key);
@@ -450,6 +478,7 @@ fn seal_and_open_leave_no_key_or_plaintext_on_stacks_or_heap() {
     assert_slab_unreadable(child.pid(), &observed);
     let scan = forensics::scan_process(child.pid(), &observed.needles);
     report(TEST, &scan, &observed);
+    assert_scan_saw_everything(TEST, &scan, &observed);
     assert_eq!(
         (
             scan.found(Kind::Plaintext),

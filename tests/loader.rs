@@ -408,21 +408,33 @@ fn callers_racing_a_finishing_refresh_never_start_a_second_one() {
         clock.advance(Duration::from_secs(45));
         let loads = Arc::new(AtomicUsize::new(0));
         let stop = Arc::new(AtomicBool::new(false));
+        let start = Arc::new(Barrier::new(5));
         let threads: Vec<_> = (0..4)
             .map(|_| {
-                let (cache, loads, stop) = (cache.clone(), Arc::clone(&loads), Arc::clone(&stop));
+                let (cache, loads, stop, start) = (
+                    cache.clone(),
+                    Arc::clone(&loads),
+                    Arc::clone(&stop),
+                    Arc::clone(&start),
+                );
                 thread::spawn(move || {
-                    while !stop.load(Ordering::Relaxed) {
+                    start.wait();
+                    // At least one call each, however late the thread runs.
+                    loop {
                         let got = value(cache.get_or_try_load("k", || {
                             loads.fetch_add(1, Ordering::SeqCst);
                             thread::sleep(Duration::from_millis(1));
                             Ok::<_, DbError>(Some("v2"))
                         }));
                         assert!(got.is_some());
+                        if stop.load(Ordering::Relaxed) {
+                            break;
+                        }
                     }
                 })
             })
             .collect();
+        start.wait();
         thread::sleep(Duration::from_millis(20));
         stop.store(true, Ordering::Relaxed);
         threads.into_iter().for_each(|t| t.join().unwrap());
