@@ -467,7 +467,9 @@ fn locked_memory_does_not_grow_with_entries() {
 
 /// The `/proc/self/smaps` mappings as (start, end, perms, VmFlags).
 fn smaps() -> Vec<(usize, usize, String, Vec<String>)> {
-    let text = std::fs::read_to_string("/proc/self/smaps").unwrap();
+    // Bytes, not text: a mapping's path need not be UTF-8.
+    let bytes = std::fs::read("/proc/self/smaps").unwrap();
+    let text = String::from_utf8_lossy(&bytes);
     let mut out: Vec<(usize, usize, String, Vec<String>)> = Vec::new();
     for line in text.lines() {
         if let Some(flags) = line.strip_prefix("VmFlags:") {

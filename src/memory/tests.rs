@@ -758,3 +758,140 @@ fn slab_is_send_and_sync() {
     check::<SharedSlab<u64>>();
     check_send::<LockedBuf>();
 }
+
+/// Maps one page of a file whose path is not UTF-8 (`/tmp/…caf\xe9…/f`) at a
+/// low address, so that its line in `/proc/self/smaps` precedes every
+/// mapping the slab makes. Returns the mapping, or why it could not be had.
+fn map_non_utf8_path_low() -> Result<(*mut libc::c_void, usize), &'static str> {
+    use std::os::unix::ffi::OsStrExt as _;
+    let page = page();
+    let mut dir = b"/tmp/sealcache-caf\xe9-".to_vec();
+    dir.extend_from_slice(sys::getpid().to_string().as_bytes());
+    let dir = std::path::PathBuf::from(std::ffi::OsStr::from_bytes(&dir));
+    std::fs::create_dir_all(&dir).map_err(|_| "mkdir")?;
+    let path = dir.join("f");
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&path)
+        .map_err(|_| "create")?;
+    file.set_len(page as u64).map_err(|_| "set_len")?;
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&file);
+    let mut mapped = Err("no free low address");
+    for hint in [0x1000_0000usize, 0x2000_0000, 0x4000_0000, 0x0100_0000] {
+        // SAFETY: MAP_FIXED_NOREPLACE never replaces an existing mapping;
+        // a new read-only mapping of our own file; the result is checked.
+        let raw = unsafe {
+            libc::mmap(
+                hint as *mut libc::c_void,
+                page,
+                libc::PROT_READ,
+                libc::MAP_PRIVATE | libc::MAP_FIXED_NOREPLACE,
+                fd,
+                0,
+            )
+        };
+        if raw as usize == hint {
+            mapped = Ok((raw, page));
+            break;
+        }
+        if raw != libc::MAP_FAILED {
+            // SAFETY: a mapping we just made elsewhere (old kernel: hint only).
+            unsafe { libc::munmap(raw, page) };
+        }
+    }
+    drop(file);
+    let _removed = std::fs::remove_file(&path);
+    let _removed = std::fs::remove_dir(&dir);
+    mapped
+}
+
+/// A mapping whose path is not UTF-8 (a program run from a directory named
+/// `caf\xe9`) listed before the slab in `/proc/self/smaps` must not hide the
+/// secret mapping's `lo` flag: `mlock(2)` fails with `ENOMEM` on secret
+/// memory, so that flag is the only evidence that it is locked.
+#[test]
+fn non_utf8_mapping_path_does_not_hide_the_secret_lock() {
+    if !memfd_secret("non_utf8_mapping_path_does_not_hide_the_secret_lock") {
+        return;
+    }
+    let (outcome, report) = in_child(|report| {
+        let (addr, len) = match map_non_utf8_path_low() {
+            Ok(found) => found,
+            Err(what) => {
+                report.push_str(what);
+                return 2;
+            }
+        };
+        // The setup really puts a non-UTF-8 line in smaps, below the slab.
+        if std::fs::read_to_string("/proc/self/smaps").is_ok() {
+            report.push_str("smaps unexpectedly valid UTF-8");
+            return 3;
+        }
+        let (slab, got) = match LockedSlab::allocate(page() - 16, Backend::MemfdSecret) {
+            Ok(found) => found,
+            Err(failure) => {
+                report.push_str(&failure.to_string());
+                return 4;
+            }
+        };
+        if slab.address_range().start < addr as usize {
+            report.push_str("slab below the file mapping");
+            return 5;
+        }
+        report.push_str(&format!("{got}; failures {:?}", got.failures));
+        if !got.mlock || !got.missing().is_empty() || !got.failures.is_empty() {
+            return 6;
+        }
+        drop(slab);
+        // SAFETY: the file mapping made above, unreferenced.
+        unsafe { libc::munmap(addr, len) };
+        0
+    });
+    assert_eq!(outcome, Outcome::Exited(0), "{report}");
+}
+
+#[test]
+fn smaps_parser_reads_bytes_not_text() {
+    let smaps: &[u8] = b"55d0c0a00000-55d0c0a21000 r-xp 00000000 08:01 1234   /tmp/caf\xe9/app\n\
+        Size:                132 kB\n\
+        VmFlags: rd ex mr mw me dw\n\
+        7f0000001000-7f0000003000 rw-s 00000000 00:01 77     /secretmem (deleted)\n\
+        Size:                  8 kB\n\
+        Locked:                8 kB\n\
+        VmFlags: rd wr sh mr mw me ms lo dc dd\n\
+        7f0000004000-7f0000005000 ---p 00000000 00:00 0 \n\
+        VmFlags: mr mw me\n";
+    // What the old text parser hit: reading it as lines of text fails.
+    assert!(std::io::BufRead::lines(smaps).any(|line| line.is_err()));
+    let lines = |text: &'static [u8]| text.split(|byte| *byte == b'\n');
+    assert_eq!(
+        sys::parse_vma_flags(lines(smaps), 0x7f00_0000_1000),
+        Some(
+            ["rd", "wr", "sh", "mr", "mw", "me", "ms", "lo", "dc", "dd"]
+                .map(String::from)
+                .to_vec()
+        )
+    );
+    assert_eq!(
+        sys::parse_vma_flags(lines(smaps), 0x55d0_c0a0_0000),
+        Some(
+            ["rd", "ex", "mr", "mw", "me", "dw"]
+                .map(String::from)
+                .to_vec()
+        )
+    );
+    // No mapping starts there (inside one is not the start).
+    assert_eq!(sys::parse_vma_flags(lines(smaps), 0x7f00_0000_2000), None);
+    // A mapping without a VmFlags line before the next header.
+    let no_flags: &[u8] = b"1000-2000 rw-p 0 0:0 0 /x\xff\nSize: 4 kB\n3000-4000 rw-p 0 0:0 0\n\
+        VmFlags: lo\n";
+    assert_eq!(sys::parse_vma_flags(lines(no_flags), 0x1000), None);
+    assert_eq!(
+        sys::parse_vma_flags(lines(no_flags), 0x3000),
+        Some(vec!["lo".to_owned()])
+    );
+    assert_eq!(sys::parse_vma_flags(lines(b""), 0x1000), None);
+}
