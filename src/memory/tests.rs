@@ -895,3 +895,66 @@ fn smaps_parser_reads_bytes_not_text() {
     );
     assert_eq!(sys::parse_vma_flags(lines(b""), 0x1000), None);
 }
+
+/// Under `Backend::Auto`, a `memfd_secret` region whose lock cannot be
+/// verified (as without a readable `/proc/self/smaps`) is given up for the
+/// anonymous backend, which verifies its own `mlock`; a required
+/// `memfd_secret` keeps the region and reports the lock missing.
+#[test]
+fn auto_falls_back_when_the_secret_region_misses_a_baseline_protection() {
+    if !memfd_secret("auto_falls_back_when_the_secret_region_misses_a_baseline_protection") {
+        return;
+    }
+    let (outcome, report) = in_child(|report| {
+        report.reserve(1 << 16);
+        drop(LockedSlab::allocate(100, Backend::Auto));
+        let (fds, maps) = (count_fds(), count_maps());
+        FAIL_AT.with(|cell| cell.set(Some(Step::Lock)));
+        for _ in 0..10 {
+            let Ok((slab, got)) = LockedSlab::allocate(page() - 16, Backend::MemfdSecret) else {
+                return 2;
+            };
+            if got.backend != SlabBackend::MemfdSecret
+                || got.mlock
+                || got.missing() != vec![ProtectionKind::Mlock]
+                || got.failures
+                    != vec![ProtectionFailure::new(
+                        ProtectionKind::Mlock,
+                        Some(libc::ENOMEM),
+                    )]
+            {
+                report.push_str(&format!("required: {got} {:?}\n", got.failures));
+                return 3;
+            }
+            drop(slab);
+            let Ok((mut slab, got)) = LockedSlab::allocate(page() - 16, Backend::Auto) else {
+                return 4;
+            };
+            if got.backend != SlabBackend::LockedAnonymous
+                || slab.backend() != SlabBackend::LockedAnonymous
+                || got.memfd_secret
+                || !got.missing().is_empty()
+                || got.failures
+                    != vec![ProtectionFailure::new(
+                        ProtectionKind::MemfdSecret,
+                        Some(libc::ENOMEM),
+                    )]
+            {
+                report.push_str(&format!("auto: {got} {:?}\n", got.failures));
+                return 5;
+            }
+            slab.bytes_mut().fill(7);
+            drop(slab);
+        }
+        FAIL_AT.with(|cell| cell.set(None));
+        if count_fds() != fds || count_maps() != maps {
+            return 6;
+        }
+        // Without the fault, Auto keeps memfd_secret.
+        match LockedSlab::allocate(100, Backend::Auto) {
+            Ok((_, got)) if got.memfd_secret && got.failures.is_empty() => 0,
+            _ => 7,
+        }
+    });
+    assert_eq!(outcome, Outcome::Exited(0), "{report}");
+}
