@@ -197,7 +197,9 @@ pub struct Protections {
     pub fork_wipe: bool,
     /// The slab notices when it is used in a forked child (a
     /// `MADV_WIPEONFORK` sentinel page, or a process-id comparison where
-    /// that advice is unsupported).
+    /// that advice is unsupported; process ids can repeat across PID
+    /// namespaces, so that fallback misses a fork by a namespace's init
+    /// after `unshare(CLONE_NEWPID)`).
     pub fork_detection: bool,
     /// The keys live in `memfd_secret(2)` memory.
     pub memfd_secret: bool,

@@ -133,20 +133,6 @@ pub(super) unsafe fn volatile_eq(a: *const u8, b: &[u8]) -> bool {
     diff == 0
 }
 
-/// Whether `len` bytes at `a` all read as zero (volatile reads).
-///
-/// # Safety
-///
-/// `a` must be valid for reads of `len` bytes.
-pub(super) unsafe fn volatile_all_zero(a: *const u8, len: usize) -> bool {
-    let mut acc = 0u8;
-    for i in 0..len {
-        // SAFETY: `a + i` is within the `len` readable bytes at `a`.
-        acc |= unsafe { core::ptr::read_volatile(a.add(i)) };
-    }
-    acc == 0
-}
-
 /// The current process id.
 pub(super) fn getpid() -> libc::pid_t {
     // SAFETY: getpid has no preconditions and cannot fail.

@@ -958,3 +958,122 @@ fn auto_falls_back_when_the_secret_region_misses_a_baseline_protection() {
     });
     assert_eq!(outcome, Outcome::Exited(0), "{report}");
 }
+
+/// Forks, runs `f` in the child (which `_exit`s with its result) and waits:
+/// the child's exit code, or 100 + the signal that ended it.
+fn fork_and_wait(f: impl FnOnce() -> i32) -> i32 {
+    // SAFETY: called from a single-threaded forked test child; the new
+    // child only runs `f` and `_exit`s.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return 90;
+    }
+    if pid == 0 {
+        let code = f();
+        // SAFETY: ending the child without running the parent's destructors.
+        unsafe { libc::_exit(code) };
+    }
+    let mut status = 0;
+    // SAFETY: waiting for our own child with a valid status pointer.
+    while unsafe { libc::waitpid(pid, &mut status, 0) } != pid {
+        if sys::last_errno() != libc::EINTR {
+            return 91;
+        }
+    }
+    if libc::WIFSIGNALED(status) {
+        100 + libc::WTERMSIG(status)
+    } else {
+        libc::WEXITSTATUS(status)
+    }
+}
+
+/// A parent and its forked child can have the same process id: the init
+/// (PID 1) of a PID namespace that unshares a new PID namespace and forks
+/// has a child that is PID 1 there too. Dropping a locked buffer in that
+/// child must still leak the wiped copy instead of handing it to memsec,
+/// whose canary check would abort on the zeroed canary.
+#[test]
+fn fork_copy_is_recognised_when_parent_and_child_share_a_pid() {
+    let (outcome, report) = in_child(|report| {
+        // SAFETY: unshare only changes the namespaces of this (single-
+        // threaded) child and of its future children. Without
+        // CAP_SYS_ADMIN, a new user namespace grants it, where the system
+        // allows unprivileged ones.
+        let unshared = unsafe {
+            libc::unshare(libc::CLONE_NEWPID) == 0
+                || libc::unshare(libc::CLONE_NEWUSER | libc::CLONE_NEWPID) == 0
+        };
+        if !unshared {
+            report.push_str(&format!("unshare: errno {}", sys::last_errno()));
+            return 2;
+        }
+        fork_and_wait(|| {
+            // PID 1 of the first new namespace.
+            if sys::getpid() != 1 {
+                return 3;
+            }
+            let Ok((mut buf, _)) = LockedBuf::new(64) else {
+                return 4;
+            };
+            buf.slice_mut(64).fill(0xCD);
+            // SAFETY: as above.
+            if unsafe { libc::unshare(libc::CLONE_NEWPID) } != 0 {
+                return 5;
+            }
+            fork_and_wait(move || {
+                // PID 1 again, in the nested namespace: same pid as the
+                // process that allocated `buf`.
+                if sys::getpid() != 1 {
+                    return 6;
+                }
+                if buf.slice_mut(64).iter().any(|b| *b != 0) {
+                    return 7;
+                }
+                drop(buf);
+                0
+            })
+        })
+    });
+    if outcome == Outcome::Exited(2) && report.starts_with("unshare") {
+        let _skip = super::environment::require(
+            false,
+            "fork_copy_is_recognised_when_parent_and_child_share_a_pid",
+            "a PID namespace (unshare(CLONE_NEWPID), as root or in a user namespace)",
+        );
+        return;
+    }
+    assert_eq!(outcome, Outcome::Exited(0), "{report}");
+}
+
+/// An underflow that writes zeros over the whole canary, in the process that
+/// allocated the memory, must still abort at free: a zeroed canary is not
+/// taken for a forked child's wiped copy.
+#[test]
+fn zeroed_canary_still_aborts_on_drop() {
+    let zero_canary = |at: *mut u8| {
+        for i in 1..=16 {
+            // SAFETY: deliberately not safe: the underflow under test.
+            unsafe { core::ptr::write_volatile(at.wrapping_sub(i), 0) };
+        }
+    };
+    let (outcome, _) = in_child(|_| {
+        let Ok((mut buf, _)) = LockedBuf::new(page() - 16) else {
+            return 2;
+        };
+        zero_canary(buf.slice_mut(1).as_mut_ptr());
+        drop(buf);
+        0
+    });
+    assert_eq!(outcome, Outcome::Signaled(libc::SIGABRT), "LockedBuf");
+    for backend in concrete_backends("zeroed_canary_still_aborts_on_drop") {
+        let (outcome, _) = in_child(|_| {
+            let Ok((slab, _)) = LockedSlab::allocate(100, backend) else {
+                return 2;
+            };
+            zero_canary(slab.address_range().start as *mut u8);
+            drop(slab);
+            0
+        });
+        assert_eq!(outcome, Outcome::Signaled(libc::SIGABRT), "{backend:?}");
+    }
+}
