@@ -1077,3 +1077,68 @@ fn zeroed_canary_still_aborts_on_drop() {
         assert_eq!(outcome, Outcome::Signaled(libc::SIGABRT), "{backend:?}");
     }
 }
+
+/// The boot-clock fallback is anchored at the last good reading, not the
+/// first: after a suspend it must not go back to before the suspend.
+#[test]
+fn boot_clock_fallback_never_goes_backwards() {
+    use super::time::Fallback;
+    const S: u64 = 1_000_000_000;
+    const MS: u64 = 1_000_000;
+    let clock = Fallback::new();
+    // Boot time 100 s at monotonic 100 s; a failure at monotonic 101 s.
+    assert_eq!(clock.good(100 * S), 100 * S);
+    let a = clock.fallback(Some(101 * S));
+    assert_eq!(a, 101 * S);
+    assert_eq!(clock.good(102 * S), 102 * S);
+    // A 1000 s suspend: boot time 1103 s at monotonic 103 s. Anchored at
+    // the first good reading (100 s at monotonic 100 s), the fallback would
+    // now read 104 s.
+    assert_eq!(clock.good(1103 * S), 1103 * S);
+    let b = clock.fallback(Some(104 * S));
+    assert!((1103 * S..=1103 * S + MS).contains(&b), "{b}");
+    // Further fallback readings advance with the monotonic clock.
+    let c = clock.fallback(Some(105 * S));
+    assert_eq!(c, b + S);
+    // A good reading is never less than an earlier fallback reading: the
+    // clock waits (here by under 1 ms) for boot time to catch up.
+    assert_eq!(clock.good(1104 * S), c);
+    assert_eq!(clock.good(1104 * S + 2 * MS), 1104 * S + 2 * MS);
+    // Without any clock it stands still, never going back.
+    let d = clock.fallback(None);
+    assert!(d >= 1104 * S + 2 * MS, "{d}");
+    assert_eq!(clock.fallback(None), d);
+    // A monotonic reading that went backwards changes nothing either.
+    assert_eq!(clock.fallback(Some(0)), d);
+    // Good readings within the 1 ms grain of the recorded one are covered
+    // by the fallback's floor too.
+    let clock = Fallback::new();
+    assert_eq!(clock.good(10 * S), 10 * S);
+    assert_eq!(clock.good(10 * S + MS / 2), 10 * S + MS / 2);
+    assert!(clock.fallback(Some(0)) >= 10 * S + MS / 2);
+}
+
+/// `boottime_now` with its clocks failing (test hook) keeps going forward
+/// and never panics; run in a child so the shared fallback state of the
+/// test process is untouched.
+#[test]
+fn boottime_survives_failing_clocks() {
+    use super::time::{CLOCK_FAULT, ClockFault};
+    let (outcome, report) = in_child(|report| {
+        let a = boottime_now();
+        CLOCK_FAULT.with(|cell| cell.set(Some(ClockFault::Boot)));
+        let b = boottime_now();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let c = boottime_now();
+        CLOCK_FAULT.with(|cell| cell.set(Some(ClockFault::Both)));
+        let d = boottime_now();
+        let e = boottime_now();
+        CLOCK_FAULT.with(|cell| cell.set(None));
+        let f = boottime_now();
+        report.push_str(&format!("{a:?} {b:?} {c:?} {d:?} {e:?} {f:?}"));
+        let forward = a <= b && b <= c && c <= d && d <= e && e <= f;
+        let advanced = c >= b + std::time::Duration::from_millis(20);
+        i32::from(!(forward && advanced && d == e))
+    });
+    assert_eq!(outcome, Outcome::Exited(0), "{report}");
+}
