@@ -516,7 +516,8 @@ fn assert_slab_protected_by_kernel(cache: &SealCache, fork_flag: &str) {
             "slab mapping lacks VmFlag {flag}: {flags:?}"
         );
     }
-    let page = 4096;
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).expect("page size");
     let before = find(slab.start / page * page - 1);
     let after = find(slab.end.div_ceil(page) * page);
     for (_, _, perms, _) in [before, after] {

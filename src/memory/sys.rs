@@ -4,7 +4,7 @@
 use super::report::{ProtectionFailure, ProtectionKind};
 
 /// Length of the canary that precedes the usable bytes (memsec's layout).
-pub(super) const CANARY_LEN: usize = 16;
+pub(crate) const CANARY_LEN: usize = 16;
 
 /// The `errno` of the last failed call on this thread.
 pub(super) fn last_errno() -> i32 {
@@ -14,7 +14,11 @@ pub(super) fn last_errno() -> i32 {
 }
 
 /// The page size, checked to be a power of two large enough for the canary.
-pub(super) fn page_size() -> Result<usize, ProtectionFailure> {
+///
+/// # Errors
+///
+/// [`ProtectionKind::Allocation`], with the `errno` if `sysconf` set one.
+pub(crate) fn page_size() -> Result<usize, ProtectionFailure> {
     // SAFETY: sysconf has no memory-safety preconditions.
     let raw = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
     match usize::try_from(raw) {
