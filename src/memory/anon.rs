@@ -1,13 +1,14 @@
 //! Locked anonymous memory from memsec, with every protection verified.
 //!
-//! memsec 0.7 lays an allocation out as `[size page (read-only) | guard page
-//! | unprotected pages: slack, 16-byte canary, data right-aligned | guard
-//! page]`, obtained from `std::alloc` with page alignment (so possibly from
-//! the glibc heap). It ignores the results of its `mlock`, `madvise` and
-//! `mprotect` calls; this module repeats each call and checks it, adds
-//! `MADV_WIPEONFORK` on the whole allocation (so that in a forked child the
-//! size word, too, reads as zero: the proof of a wiped copy), and undoes its
-//! advice before the memory goes back to the heap.
+//! memsec 0.7.0 (pinned exactly in `Cargo.toml`, since this module relies on
+//! its internal layout) lays an allocation out as `[size page (read-only) |
+//! guard page | unprotected pages: slack, 16-byte canary, data right-aligned
+//! | guard page]`, obtained from `std::alloc` with page alignment (so
+//! possibly from the glibc heap). It ignores the results of its `mlock`,
+//! `madvise` and `mprotect` calls; this module repeats each call and checks
+//! it, adds `MADV_WIPEONFORK` on the whole allocation (so that in a forked
+//! child the size word, too, reads as zero: the proof of a wiped copy), and
+//! undoes its advice before the memory goes back to the heap.
 
 use core::ptr::NonNull;
 

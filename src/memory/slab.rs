@@ -89,8 +89,9 @@ fn anonymous(
 /// only one, the anonymous region misses its lock and the secret one stays.
 ///
 /// Not tried when the secret region lacks its canary: `getrandom(2)` failed
-/// then, and memsec's one-time initialisation panics on that instead of
-/// reporting it.
+/// then, and memsec's one-time initialisation unwraps its own random read
+/// (`getrandom(2)`, else `/dev/urandom`), so trying it could panic instead
+/// of reporting.
 fn auto_fallback(
     len: usize,
     found: (SecretRegion, SecretProtections),
