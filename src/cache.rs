@@ -13,7 +13,7 @@ use crate::config::{Builder, Protection, Settings};
 use crate::error::Error;
 use crate::keyring::Keyring;
 use crate::loader::{Flights, LoadCounters};
-use crate::memory::{LockedBuf, ProtectionFailure, Protections};
+use crate::memory::{self, CANARY_LEN, LockedBuf, ProtectionFailure, Protections};
 use crate::reaper::{Reaper, Wipe};
 use crate::seal;
 use crate::secret::{CacheKey, SecretBytes, SecretValue};
@@ -37,8 +37,6 @@ const KEY_LOCK_STRIPES: usize = 64;
 const SCRATCH_STRIPES: usize = 8;
 /// Scratch buffers kept per stripe: at most `SCRATCH_STRIPES` locked pages.
 const SCRATCH_KEPT: usize = 1;
-/// Smallest locked scratch buffer: one page less the allocator's canary.
-const SCRATCH_MIN: usize = 4096 - 16;
 
 /// Counters of what the cache has done since it was built.
 ///
@@ -99,6 +97,8 @@ pub(crate) struct Core {
     scratch: Box<[CachePadded<Mutex<Vec<LockedBuf>>>]>,
     /// Protections a scratch buffer for `with` could not get (BestEffort).
     scratch_missing: Mutex<Vec<ProtectionFailure>>,
+    /// The page size, which sizes the scratch buffers.
+    page: usize,
     jitter: std::hash::RandomState,
     jitter_counter: std::sync::atomic::AtomicU64,
 }
@@ -184,6 +184,7 @@ impl SealCache {
     }
 
     pub(crate) fn from_settings(settings: Settings) -> Result<Self, Error> {
+        let page = memory::page_size().map_err(Error::Protection)?;
         let (keyring, protections) = Keyring::new(
             nanos(settings.epoch),
             nanos(settings.ttl).saturating_add(nanos(settings.max_stale)),
@@ -207,6 +208,7 @@ impl SealCache {
                 .map(|_| CachePadded::new(Mutex::new(Vec::new())))
                 .collect(),
             scratch_missing: Mutex::new(Vec::new()),
+            page,
             settings,
         });
         let reaper = Reaper::start(Arc::clone(&core.settings.clock), Arc::clone(&core))
@@ -495,11 +497,8 @@ impl SealCache {
                 return Ok(pool.swap_remove(pos));
             }
         }
-        // Page-sized (less the allocator's canary) so the data ends at the
-        // trailing guard page.
-        let capacity = (len + 16).div_ceil(4096) * 4096 - 16;
         let (buf, missing) =
-            LockedBuf::new(capacity.max(SCRATCH_MIN)).map_err(Error::Protection)?;
+            LockedBuf::new(scratch_capacity(len, core.page)).map_err(Error::Protection)?;
         if let Some(failure) = missing.first() {
             if core.settings.protection == Protection::Require {
                 return Err(Error::Protection(*failure));
@@ -666,7 +665,47 @@ fn load(counter: &std::sync::atomic::AtomicU64) -> u64 {
 }
 
 /// The first baseline protection that is not active, as a failure to report.
+/// Capacity of a new locked scratch buffer for `len` bytes on pages of
+/// `page` bytes: whole pages less the allocator's canary, so that the data
+/// ends at the trailing guard page and no gap lies between the leading guard
+/// page and the canary. At least one page (4,080 bytes on 4 KiB pages).
+fn scratch_capacity(len: usize, page: usize) -> usize {
+    len.saturating_add(CANARY_LEN)
+        .div_ceil(page)
+        .saturating_mul(page)
+        - CANARY_LEN
+}
+
 fn first_missing(protections: &Protections) -> Option<ProtectionFailure> {
     let kind = *protections.missing().first()?;
     Some(protections.failure_of(kind))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scratch_buffers_fill_whole_pages_of_any_size() {
+        // 4 KiB pages: as before (at least one page less the canary).
+        assert_eq!(scratch_capacity(0, 4096), 4080);
+        assert_eq!(scratch_capacity(100, 4096), 4080);
+        assert_eq!(scratch_capacity(4080, 4096), 4080);
+        assert_eq!(scratch_capacity(4081, 4096), 2 * 4096 - 16);
+        // 16 and 64 KiB pages: no slack before the canary.
+        for page in [16 * 1024, 64 * 1024] {
+            for len in [0, 1, 4080, page - 16, page - 15, 3 * page, MAX_VALUE_LEN] {
+                let capacity = scratch_capacity(len, page);
+                assert_eq!(
+                    (capacity + CANARY_LEN) % page,
+                    0,
+                    "{len} bytes, page {page}"
+                );
+                assert!(
+                    capacity >= len && capacity - len < page,
+                    "{len} bytes, page {page}"
+                );
+            }
+        }
+    }
 }

@@ -12,14 +12,18 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::error::Error;
-use crate::memory::{Backend, LockedSlab, Protections, SharedSlab, SlabWrite};
+use crate::memory::{self, Backend, CANARY_LEN, LockedSlab, Protections, SharedSlab, SlabWrite};
 use crate::seal::KEY_LEN;
 
-/// Bytes of the slab's guard-page layout that precede the usable bytes (the
-/// allocator's canary) — sizing the slab to `pages * PAGE - CANARY` leaves no
-/// gap between the leading guard page and the canary.
-const CANARY_LEN: usize = 16;
-const PAGE: usize = 4096;
+/// The usable length of a slab for `live` keys on pages of `page` bytes:
+/// whole pages less the canary that precedes the usable bytes, so that no
+/// gap lies between the leading guard page and the canary (a write one byte
+/// before the canary faults) and the last byte touches the trailing guard
+/// page. 4,080 bytes for up to 127 keys on 4 KiB pages.
+fn slab_len(live: usize, page: usize) -> usize {
+    let needed = live.saturating_mul(KEY_LEN).saturating_add(CANARY_LEN);
+    needed.div_ceil(page).saturating_mul(page) - CANARY_LEN
+}
 
 /// A key id that no key ever has.
 const NO_KEY: u64 = 0;
@@ -79,8 +83,8 @@ impl Keyring {
         let live = key_life_nanos.div_ceil(epoch_nanos).saturating_add(2);
         // At most ttl·2 / (ttl/64) + 2 = 130 with validated settings.
         let live = usize::try_from(live).unwrap_or(usize::MAX);
-        let needed = live.saturating_mul(KEY_LEN).saturating_add(CANARY_LEN);
-        let len = needed.div_ceil(PAGE).saturating_mul(PAGE) - CANARY_LEN;
+        let page = memory::page_size().map_err(Error::Protection)?;
+        let len = slab_len(live, page);
         let (slab, protections) = LockedSlab::allocate(len, backend).map_err(Error::Protection)?;
         let slots = len / KEY_LEN;
         let table = SlotTable {
@@ -367,6 +371,32 @@ mod tests {
         Keyring::new(15 * SEC, 60 * SEC, 4, Backend::LockedAnonymous)
             .unwrap()
             .0
+    }
+
+    #[test]
+    fn the_slab_fills_whole_pages_of_any_size() {
+        // 4 KiB pages: the default settings' 130 keys, and the figures the
+        // documents quote.
+        assert_eq!(slab_len(130, 4096), 2 * 4096 - 16);
+        assert_eq!(slab_len(127, 4096), 4080);
+        assert_eq!(slab_len(6, 4096), 4080);
+        // 16 and 64 KiB pages (aarch64, ppc64le): no slack before the canary.
+        for page in [16 * 1024, 64 * 1024] {
+            for live in [1, 6, 130, 511, 512, 2048, 5000] {
+                let len = slab_len(live, page);
+                assert_eq!((len + CANARY_LEN) % page, 0, "{live} keys, page {page}");
+                assert!(len >= live * KEY_LEN, "{live} keys, page {page}");
+                assert!(len - live * KEY_LEN < page, "{live} keys, page {page}");
+            }
+        }
+        assert_eq!(slab_len(130, 16 * 1024), 16 * 1024 - 16);
+        // The real page size: the slab starts a page after a boundary, less
+        // the canary.
+        let ring = keyring();
+        let page = memory::page_size().unwrap();
+        let range = ring.address_range();
+        assert_eq!((range.start - CANARY_LEN) % page, 0);
+        assert_eq!(range.end % page, 0);
     }
 
     #[test]

@@ -29,7 +29,8 @@
 //! header) per allocation. One slab sized for every key that can be live at
 //! once costs one page of locked memory per cache (the pooled `with`
 //! scratch buffers, separate allocations, add one page each for secrets of
-//! up to 4,080 bytes), does not grow with the number of entries, and lets a
+//! up to a page less 16 bytes: 4,080 bytes on 4 KiB pages), does not grow
+//! with the number of entries, and lets a
 //! single `wipe` crypto-erase the whole cache (`invalidate_all`).
 //!
 //! Keys are addressed by a monotonically increasing id in slot

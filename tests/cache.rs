@@ -469,7 +469,9 @@ fn locked_memory_does_not_grow_with_entries() {
 
 /// The `/proc/self/smaps` mappings as (start, end, perms, VmFlags).
 fn smaps() -> Vec<(usize, usize, String, Vec<String>)> {
-    let text = std::fs::read_to_string("/proc/self/smaps").unwrap();
+    // Bytes, not text: a mapping's path need not be UTF-8.
+    let bytes = std::fs::read("/proc/self/smaps").unwrap();
+    let text = String::from_utf8_lossy(&bytes);
     let mut out: Vec<(usize, usize, String, Vec<String>)> = Vec::new();
     for line in text.lines() {
         if let Some(flags) = line.strip_prefix("VmFlags:") {
@@ -516,7 +518,8 @@ fn assert_slab_protected_by_kernel(cache: &SealCache, fork_flag: &str) {
             "slab mapping lacks VmFlag {flag}: {flags:?}"
         );
     }
-    let page = 4096;
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).expect("page size");
     let before = find(slab.start / page * page - 1);
     let after = find(slab.end.div_ceil(page) * page);
     for (_, _, perms, _) in [before, after] {

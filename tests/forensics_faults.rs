@@ -61,8 +61,10 @@ fn guard_child(role: &str) {
         "canary" => slab.start - 1,
         other => panic!("unknown guard role {other}"),
     };
-    assert_eq!((slab.start - 16) % 4096, 0, "slab + canary is page-aligned");
-    assert_eq!(slab.end % 4096, 0, "slab ends at the trailing guard page");
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).expect("page size");
+    assert_eq!((slab.start - 16) % page, 0, "slab + canary is page-aligned");
+    assert_eq!(slab.end % page, 0, "slab ends at the trailing guard page");
     forensics::send(&[b"writing"]);
     let ptr = target as *mut u8;
     // SAFETY: deliberately none — this sacrificial child writes outside the

@@ -1,12 +1,14 @@
 //! Locked anonymous memory from memsec, with every protection verified.
 //!
-//! memsec 0.7 lays an allocation out as `[size page (read-only) | guard page
-//! | unprotected pages: slack, 16-byte canary, data right-aligned | guard
-//! page]`, obtained from `std::alloc` with page alignment (so possibly from
-//! the glibc heap). It ignores the results of its `mlock`, `madvise` and
-//! `mprotect` calls; this module repeats each call and checks it, adds
-//! `MADV_WIPEONFORK`, and undoes its advice before the memory goes back to
-//! the heap.
+//! memsec 0.7.0 (pinned exactly in `Cargo.toml`, since this module relies on
+//! its internal layout) lays an allocation out as `[size page (read-only) |
+//! guard page | unprotected pages: slack, 16-byte canary, data right-aligned
+//! | guard page]`, obtained from `std::alloc` with page alignment (so
+//! possibly from the glibc heap). It ignores the results of its `mlock`,
+//! `madvise` and `mprotect` calls; this module repeats each call and checks
+//! it, adds `MADV_WIPEONFORK` on the whole allocation (so that in a forked
+//! child the size word, too, reads as zero: the proof of a wiped copy), and
+//! undoes its advice before the memory goes back to the heap.
 
 use core::ptr::NonNull;
 
@@ -36,12 +38,11 @@ pub(super) struct AnonRegion {
     unprotected: *mut u8,
     unprotected_len: usize,
     page: usize,
-    /// Which advice/lock we applied and must undo.
+    /// Which advice/lock we applied and must undo (`wipe_on_fork`: on the
+    /// whole allocation).
     locked: bool,
     dont_dump: bool,
     wipe_on_fork: bool,
-    /// Process that allocated the region.
-    pid: libc::pid_t,
 }
 
 impl AnonRegion {
@@ -102,7 +103,6 @@ impl AnonRegion {
             locked: false,
             dont_dump: false,
             wipe_on_fork: false,
-            pid: sys::getpid(),
         };
         let protections = region.protect(failures);
         region.wipe();
@@ -137,14 +137,14 @@ impl AnonRegion {
         let no_dump =
             unsafe { sys::madvise(self.unprotected, self.unprotected_len, libc::MADV_DONTDUMP) };
         self.dont_dump = record(ProtectionKind::NoDump, no_dump);
-        // SAFETY: as above; WIPEONFORK changes nothing in this process.
-        let wipe = unsafe {
-            sys::madvise(
-                self.unprotected,
-                self.unprotected_len,
-                libc::MADV_WIPEONFORK,
-            )
-        };
+        // The whole allocation, size page included: in a forked child the
+        // size word then reads as zero (see `is_wiped_fork_copy`). Its
+        // bounds are already mapping boundaries (the pages on either side
+        // hold the heap's read-write chunk headers; its first page is
+        // read-only and its last PROT_NONE), so the call splits no mapping.
+        // SAFETY: `[base, base + total_len)` is our whole page-aligned
+        // memsec allocation; WIPEONFORK changes nothing in this process.
+        let wipe = unsafe { sys::madvise(self.base, self.total_len, libc::MADV_WIPEONFORK) };
         self.wipe_on_fork = record(ProtectionKind::ForkWipe, wipe);
         AnonProtections {
             mlock: self.locked,
@@ -171,15 +171,25 @@ impl AnonRegion {
     }
 
     /// Whether this is a forked child's copy of the region that the kernel
-    /// wiped (`MADV_WIPEONFORK`): freeing it would make memsec abort on the
-    /// zeroed canary. The `getpid` syscall only runs when the canary reads
-    /// as zero, so the common drop path stays syscall-free.
+    /// wiped (`MADV_WIPEONFORK` on the whole allocation): memsec's size word
+    /// reads as zero. memsec::free must not see such a copy: it would abort
+    /// on the zeroed canary (and size the allocation from the zero word).
+    ///
+    /// In the process that made the region the word holds the nonzero
+    /// unprotected length (checked at allocation) on a read-only page, so
+    /// no stray write can zero it (it faults): only the kernel's fork wipe
+    /// does. This needs no process id, which PID namespaces can make equal
+    /// in parent and child (the init of a namespace that unshares
+    /// `CLONE_NEWPID` and forks has a child that is PID 1 too). A zeroed
+    /// canary alone would not be proof: an underflow that zeroes the canary
+    /// in the allocating process must still make memsec abort. One read, no
+    /// system call.
     fn is_wiped_fork_copy(&self) -> bool {
-        let canary = self.user.as_ptr().wrapping_sub(CANARY_LEN);
-        // SAFETY: the 16 canary bytes precede the user bytes inside the
-        // readable unprotected pages.
-        let zero = unsafe { sys::volatile_all_zero(canary, CANARY_LEN) };
-        zero && sys::getpid() != self.pid
+        // SAFETY: `base` is memsec's size page: page-aligned (so aligned for
+        // `usize`) and readable for the region's life, here and in a forked
+        // child (a wiped copy reads as zeros).
+        let size = unsafe { core::ptr::read_volatile(self.base.cast::<usize>()) };
+        size == 0
     }
 }
 
@@ -193,16 +203,10 @@ impl Drop for AnonRegion {
         self.wipe();
         let mut restored = true;
         if self.wipe_on_fork {
-            // SAFETY: our own unprotected pages; undoing the advice before
-            // they return to the heap.
-            restored &= unsafe {
-                sys::madvise(
-                    self.unprotected,
-                    self.unprotected_len,
-                    libc::MADV_KEEPONFORK,
-                )
-            }
-            .is_ok();
+            // SAFETY: our own whole allocation; undoing the advice before it
+            // returns to the heap.
+            restored &=
+                unsafe { sys::madvise(self.base, self.total_len, libc::MADV_KEEPONFORK) }.is_ok();
         }
         if self.dont_dump {
             // SAFETY: as above.

@@ -35,4 +35,5 @@ pub(crate) use buf::LockedBuf;
 pub(crate) use registers::wipe_vector_registers;
 pub(crate) use shared::{SharedSlab, SlabWrite};
 pub(crate) use slab::LockedSlab;
+pub(crate) use sys::{CANARY_LEN, page_size};
 pub(crate) use time::boottime_now;

@@ -12,7 +12,11 @@ use core::fmt;
 pub enum Backend {
     /// Use `memfd_secret(2)` memory when the kernel offers it, otherwise
     /// locked anonymous memory. The attempt and its failure are reported in
-    /// [`Protections::failures`].
+    /// [`Protections::failures`]. A `memfd_secret` region that misses a
+    /// baseline protection (in practice: its lock cannot be verified
+    /// because `/proc/self/smaps` is unreadable) is also given up for
+    /// locked anonymous memory when that obtains more of the baseline; the
+    /// failures then hold one [`ProtectionKind::MemfdSecret`] entry for it.
     #[default]
     Auto,
     /// Require `memfd_secret(2)` memory (Linux >= 5.14 with
@@ -193,7 +197,9 @@ pub struct Protections {
     pub fork_wipe: bool,
     /// The slab notices when it is used in a forked child (a
     /// `MADV_WIPEONFORK` sentinel page, or a process-id comparison where
-    /// that advice is unsupported).
+    /// that advice is unsupported; process ids can repeat across PID
+    /// namespaces, so that fallback misses a fork by a namespace's init
+    /// after `unshare(CLONE_NEWPID)`).
     pub fork_detection: bool,
     /// The keys live in `memfd_secret(2)` memory.
     pub memfd_secret: bool,

@@ -31,6 +31,9 @@ pub(super) enum Step {
     Reserve,
     MapFixed,
     Close,
+    /// Not a failed allocation: the mapping's lock cannot be verified
+    /// (as when `/proc/self/smaps` is unreadable).
+    Lock,
 }
 
 #[cfg(test)]
@@ -330,6 +333,7 @@ impl SecretRegion {
         // the lock through the kernel's own report of the mapping's flags.
         // SAFETY: our own mapping.
         let mlock = match unsafe { sys::mlock(self.data_pages, self.data_len) } {
+            _ if injected(Step::Lock) => Err(libc::ENOMEM),
             Ok(()) => {
                 self.locked = true;
                 Ok(())

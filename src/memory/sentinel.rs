@@ -3,6 +3,13 @@
 //! the child a zero page instead, so the marker reads as zero. Where the
 //! advice is unsupported (Linux < 4.14) or the page cannot be mapped, the
 //! sentinel compares `getpid()` with the process id recorded at creation.
+//!
+//! The page is the primary detector because process ids are only unique
+//! within a PID namespace: the init (PID 1) of a namespace that unshares
+//! `CLONE_NEWPID` and then forks has a child that is PID 1 in the new
+//! namespace, so the fallback does not see that fork. Only the fallback has
+//! this limit (and on kernels without `MADV_WIPEONFORK` the anonymous slab
+//! is not wiped in a child either: `fork_wipe` is reported off).
 
 use core::ptr::NonNull;
 

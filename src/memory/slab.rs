@@ -6,8 +6,8 @@ use core::mem::ManuallyDrop;
 use core::ops::Range;
 
 use super::anon::AnonRegion;
-use super::report::{Backend, ProtectionFailure, Protections, SlabBackend};
-use super::secret_mem::SecretRegion;
+use super::report::{Backend, ProtectionFailure, ProtectionKind, Protections, SlabBackend};
+use super::secret_mem::{SecretProtections, SecretRegion};
 use super::sentinel::ForkSentinel;
 use super::sys;
 
@@ -35,6 +35,91 @@ unsafe impl Send for LockedSlab {}
 // `len`, `address_range`, `forked`); every mutation requires `&mut`.
 unsafe impl Sync for LockedSlab {}
 
+/// The report for a `memfd_secret` region (failures filled in later).
+fn secret((region, got): (SecretRegion, SecretProtections)) -> (Region, Protections) {
+    (
+        Region::Secret(region),
+        Protections {
+            backend: SlabBackend::MemfdSecret,
+            mlock: got.mlock,
+            no_dump: got.no_dump,
+            guard_pages: true,
+            canary: got.canary,
+            fork_wipe: got.fork_wipe,
+            fork_detection: true,
+            memfd_secret: true,
+            failures: Vec::new(),
+        },
+    )
+}
+
+/// Allocates an anonymous region; its report's failures are pushed to
+/// `failures` (and filled in later).
+fn anonymous(
+    len: usize,
+    failures: &mut Vec<ProtectionFailure>,
+) -> Result<(Region, Protections), ProtectionFailure> {
+    let (region, got) = AnonRegion::allocate(len, failures)?;
+    Ok((
+        Region::Anon(region),
+        Protections {
+            backend: SlabBackend::LockedAnonymous,
+            mlock: got.mlock,
+            no_dump: got.no_dump,
+            guard_pages: got.guard_pages,
+            canary: true,
+            fork_wipe: got.fork_wipe,
+            fork_detection: true,
+            memfd_secret: false,
+            failures: Vec::new(),
+        },
+    ))
+}
+
+/// [`Backend::Auto`] got a `memfd_secret` region that misses a baseline
+/// protection the anonymous backend verifies itself (mlock, no-dump, fork
+/// wipe; in practice a lock that cannot be verified because
+/// `/proc/self/smaps` is unreadable). Tries the anonymous backend and keeps
+/// whichever region misses fewer baseline protections (the secret one on a
+/// tie, or if no anonymous memory can be had). On a switch, the secret
+/// attempt's failures (all of `failures` so far) are replaced by one
+/// [`ProtectionKind::MemfdSecret`] failure carrying the `errno` of the
+/// first, so that every other failure describes the memory in use. Both
+/// regions exist while they are compared, so under a memlock limit that fits
+/// only one, the anonymous region misses its lock and the secret one stays.
+///
+/// Not tried when the secret region lacks its canary: `getrandom(2)` failed
+/// then, and memsec's one-time initialisation unwraps its own random read
+/// (`getrandom(2)`, else `/dev/urandom`), so trying it could panic instead
+/// of reporting.
+fn auto_fallback(
+    len: usize,
+    found: (SecretRegion, SecretProtections),
+    failures: &mut Vec<ProtectionFailure>,
+) -> (Region, Protections) {
+    let secret_report = secret(found);
+    if !secret_report.1.canary {
+        return secret_report;
+    }
+    let mut anon_failures = Vec::new();
+    let Ok(anon_report) = anonymous(len, &mut anon_failures) else {
+        return secret_report;
+    };
+    if anon_report.1.missing().len() >= secret_report.1.missing().len() {
+        // Dropping the unused anonymous region (just made, so not in a
+        // forked child) wipes and frees it.
+        return secret_report;
+    }
+    let errno = failures.first().and_then(|failure| failure.errno);
+    failures.clear();
+    failures.push(ProtectionFailure::new(ProtectionKind::MemfdSecret, errno));
+    failures.append(&mut anon_failures);
+    // Dropping the unused secret region (just made, so not in a forked
+    // child) wipes, checks its canary and unmaps it.
+    drop(secret_report);
+    anon_report
+}
+
 impl LockedSlab {
     /// Allocates `len` usable bytes on `backend`.
     ///
@@ -45,59 +130,28 @@ impl LockedSlab {
     /// # Errors
     ///
     /// Only when no memory could be had at all
-    /// ([`ProtectionKind::Allocation`](super::ProtectionKind::Allocation)),
-    /// or when [`Backend::MemfdSecret`] was required and failed
-    /// ([`ProtectionKind::MemfdSecret`](super::ProtectionKind::MemfdSecret)
-    /// with the `errno`).
+    /// ([`ProtectionKind::Allocation`]), or when [`Backend::MemfdSecret`] was
+    /// required and failed ([`ProtectionKind::MemfdSecret`] with the
+    /// `errno`).
     pub(crate) fn allocate(
         len: usize,
         backend: Backend,
     ) -> Result<(Self, Protections), ProtectionFailure> {
         let page = sys::page_size()?;
         let mut failures = Vec::new();
-        let secret = match backend {
-            Backend::LockedAnonymous => None,
-            Backend::MemfdSecret => Some(SecretRegion::allocate(len, &mut failures)?),
+        let (region, mut protections) = match backend {
+            Backend::LockedAnonymous => anonymous(len, &mut failures)?,
+            Backend::MemfdSecret => secret(SecretRegion::allocate(len, &mut failures)?),
             Backend::Auto => match SecretRegion::allocate(len, &mut failures) {
-                Ok(found) => Some(found),
+                Ok((region, got)) if !got.mlock || !got.no_dump || !got.fork_wipe => {
+                    auto_fallback(len, (region, got), &mut failures)
+                }
+                Ok(found) => secret(found),
                 Err(failure) => {
                     failures.push(failure);
-                    None
+                    anonymous(len, &mut failures)?
                 }
             },
-        };
-        let (region, mut protections) = match secret {
-            Some((region, got)) => (
-                Region::Secret(region),
-                Protections {
-                    backend: SlabBackend::MemfdSecret,
-                    mlock: got.mlock,
-                    no_dump: got.no_dump,
-                    guard_pages: true,
-                    canary: got.canary,
-                    fork_wipe: got.fork_wipe,
-                    fork_detection: true,
-                    memfd_secret: true,
-                    failures: Vec::new(),
-                },
-            ),
-            None => {
-                let (region, got) = AnonRegion::allocate(len, &mut failures)?;
-                (
-                    Region::Anon(region),
-                    Protections {
-                        backend: SlabBackend::LockedAnonymous,
-                        mlock: got.mlock,
-                        no_dump: got.no_dump,
-                        guard_pages: got.guard_pages,
-                        canary: true,
-                        fork_wipe: got.fork_wipe,
-                        fork_detection: true,
-                        memfd_secret: false,
-                        failures: Vec::new(),
-                    },
-                )
-            }
         };
         protections.failures = failures;
         let slab = Self {

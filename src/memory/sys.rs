@@ -4,7 +4,7 @@
 use super::report::{ProtectionFailure, ProtectionKind};
 
 /// Length of the canary that precedes the usable bytes (memsec's layout).
-pub(super) const CANARY_LEN: usize = 16;
+pub(crate) const CANARY_LEN: usize = 16;
 
 /// The `errno` of the last failed call on this thread.
 pub(super) fn last_errno() -> i32 {
@@ -14,7 +14,11 @@ pub(super) fn last_errno() -> i32 {
 }
 
 /// The page size, checked to be a power of two large enough for the canary.
-pub(super) fn page_size() -> Result<usize, ProtectionFailure> {
+///
+/// # Errors
+///
+/// [`ProtectionKind::Allocation`], with the `errno` if `sysconf` set one.
+pub(crate) fn page_size() -> Result<usize, ProtectionFailure> {
     // SAFETY: sysconf has no memory-safety preconditions.
     let raw = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
     match usize::try_from(raw) {
@@ -133,20 +137,6 @@ pub(super) unsafe fn volatile_eq(a: *const u8, b: &[u8]) -> bool {
     diff == 0
 }
 
-/// Whether `len` bytes at `a` all read as zero (volatile reads).
-///
-/// # Safety
-///
-/// `a` must be valid for reads of `len` bytes.
-pub(super) unsafe fn volatile_all_zero(a: *const u8, len: usize) -> bool {
-    let mut acc = 0u8;
-    for i in 0..len {
-        // SAFETY: `a + i` is within the `len` readable bytes at `a`.
-        acc |= unsafe { core::ptr::read_volatile(a.add(i)) };
-    }
-    acc == 0
-}
-
 /// The current process id.
 pub(super) fn getpid() -> libc::pid_t {
     // SAFETY: getpid has no preconditions and cannot fail.
@@ -160,25 +150,55 @@ pub(super) fn getpid() -> libc::pid_t {
 pub(super) fn vma_flags(start: usize) -> Option<Vec<String>> {
     use std::io::BufRead as _;
     let file = std::fs::File::open("/proc/self/smaps").ok()?;
+    // A read error ends the lines: the flags are then unknown (`None`).
+    let lines = std::io::BufReader::new(file)
+        .split(b'\n')
+        .map_while(Result::ok);
+    parse_vma_flags(lines, start)
+}
+
+/// The `VmFlags` of the mapping starting at `start`, given the lines of an
+/// `smaps` file. Lines are bytes, not text: a header line ends with the
+/// mapping's path, which is raw bytes (a program run from a directory named
+/// `caf\xe9` has a non-UTF-8 one), so only the fields read here (the
+/// address range and the flags, both ASCII) are decoded.
+pub(super) fn parse_vma_flags<L: AsRef<[u8]>>(
+    lines: impl IntoIterator<Item = L>,
+    start: usize,
+) -> Option<Vec<String>> {
     let mut in_vma = false;
-    for line in std::io::BufReader::new(file).lines() {
-        let line = line.ok()?;
-        let first = line.split_whitespace().next().unwrap_or("");
-        // No let-chains: the crate's MSRV (1.85) predates them.
-        let header = first.split_once('-').and_then(|(lo, hi)| {
-            let lo = usize::from_str_radix(lo, 16).ok()?;
-            usize::from_str_radix(hi, 16).ok().map(|_| lo)
-        });
-        if let Some(lo) = header {
+    for line in lines {
+        let line = line.as_ref();
+        if let Some(lo) = header_start(line) {
             in_vma = lo == start;
             continue;
         }
-        match line.strip_prefix("VmFlags:") {
-            Some(flags) if in_vma => {
-                return Some(flags.split_whitespace().map(str::to_owned).collect());
-            }
-            _ => {}
+        if !in_vma {
+            continue;
+        }
+        if let Some(flags) = line.strip_prefix(b"VmFlags:") {
+            return Some(
+                flags
+                    .split(u8::is_ascii_whitespace)
+                    .filter(|flag| !flag.is_empty())
+                    .map(|flag| String::from_utf8_lossy(flag).into_owned())
+                    .collect(),
+            );
         }
     }
     None
+}
+
+/// The start address of a mapping header line (`lo-hi perms offset dev
+/// inode [path]`, both addresses in hex), or `None` for any other line.
+fn header_start(line: &[u8]) -> Option<usize> {
+    let first = line.split(u8::is_ascii_whitespace).next()?;
+    let dash = first.iter().position(|byte| *byte == b'-')?;
+    let hex = |digits: &[u8]| {
+        let digits = core::str::from_utf8(digits).ok()?;
+        usize::from_str_radix(digits, 16).ok()
+    };
+    let lo = hex(&first[..dash])?;
+    hex(&first[dash + 1..])?;
+    Some(lo)
 }

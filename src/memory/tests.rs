@@ -758,3 +758,387 @@ fn slab_is_send_and_sync() {
     check::<SharedSlab<u64>>();
     check_send::<LockedBuf>();
 }
+
+/// Maps one page of a file whose path is not UTF-8 (`/tmp/…caf\xe9…/f`) at a
+/// low address, so that its line in `/proc/self/smaps` precedes every
+/// mapping the slab makes. Returns the mapping, or why it could not be had.
+fn map_non_utf8_path_low() -> Result<(*mut libc::c_void, usize), &'static str> {
+    use std::os::unix::ffi::OsStrExt as _;
+    let page = page();
+    let mut dir = b"/tmp/sealcache-caf\xe9-".to_vec();
+    dir.extend_from_slice(sys::getpid().to_string().as_bytes());
+    let dir = std::path::PathBuf::from(std::ffi::OsStr::from_bytes(&dir));
+    std::fs::create_dir_all(&dir).map_err(|_| "mkdir")?;
+    let path = dir.join("f");
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&path)
+        .map_err(|_| "create")?;
+    file.set_len(page as u64).map_err(|_| "set_len")?;
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&file);
+    let mut mapped = Err("no free low address");
+    for hint in [0x1000_0000usize, 0x2000_0000, 0x4000_0000, 0x0100_0000] {
+        // SAFETY: MAP_FIXED_NOREPLACE never replaces an existing mapping;
+        // a new read-only mapping of our own file; the result is checked.
+        let raw = unsafe {
+            libc::mmap(
+                hint as *mut libc::c_void,
+                page,
+                libc::PROT_READ,
+                libc::MAP_PRIVATE | libc::MAP_FIXED_NOREPLACE,
+                fd,
+                0,
+            )
+        };
+        if raw as usize == hint {
+            mapped = Ok((raw, page));
+            break;
+        }
+        if raw != libc::MAP_FAILED {
+            // SAFETY: a mapping we just made elsewhere (old kernel: hint only).
+            unsafe { libc::munmap(raw, page) };
+        }
+    }
+    drop(file);
+    let _removed = std::fs::remove_file(&path);
+    let _removed = std::fs::remove_dir(&dir);
+    mapped
+}
+
+/// A mapping whose path is not UTF-8 (a program run from a directory named
+/// `caf\xe9`) listed before the slab in `/proc/self/smaps` must not hide the
+/// secret mapping's `lo` flag: `mlock(2)` fails with `ENOMEM` on secret
+/// memory, so that flag is the only evidence that it is locked.
+#[test]
+fn non_utf8_mapping_path_does_not_hide_the_secret_lock() {
+    if !memfd_secret("non_utf8_mapping_path_does_not_hide_the_secret_lock") {
+        return;
+    }
+    let (outcome, report) = in_child(|report| {
+        let (addr, len) = match map_non_utf8_path_low() {
+            Ok(found) => found,
+            Err(what) => {
+                report.push_str(what);
+                return 2;
+            }
+        };
+        // The setup really puts a non-UTF-8 line in smaps, below the slab.
+        if std::fs::read_to_string("/proc/self/smaps").is_ok() {
+            report.push_str("smaps unexpectedly valid UTF-8");
+            return 3;
+        }
+        let (slab, got) = match LockedSlab::allocate(page() - 16, Backend::MemfdSecret) {
+            Ok(found) => found,
+            Err(failure) => {
+                report.push_str(&failure.to_string());
+                return 4;
+            }
+        };
+        if slab.address_range().start < addr as usize {
+            report.push_str("slab below the file mapping");
+            return 5;
+        }
+        report.push_str(&format!("{got}; failures {:?}", got.failures));
+        if !got.mlock || !got.missing().is_empty() || !got.failures.is_empty() {
+            return 6;
+        }
+        drop(slab);
+        // SAFETY: the file mapping made above, unreferenced.
+        unsafe { libc::munmap(addr, len) };
+        0
+    });
+    assert_eq!(outcome, Outcome::Exited(0), "{report}");
+}
+
+#[test]
+fn smaps_parser_reads_bytes_not_text() {
+    let smaps: &[u8] = b"55d0c0a00000-55d0c0a21000 r-xp 00000000 08:01 1234   /tmp/caf\xe9/app\n\
+        Size:                132 kB\n\
+        VmFlags: rd ex mr mw me dw\n\
+        7f0000001000-7f0000003000 rw-s 00000000 00:01 77     /secretmem (deleted)\n\
+        Size:                  8 kB\n\
+        Locked:                8 kB\n\
+        VmFlags: rd wr sh mr mw me ms lo dc dd\n\
+        7f0000004000-7f0000005000 ---p 00000000 00:00 0 \n\
+        VmFlags: mr mw me\n";
+    // What the old text parser hit: reading it as lines of text fails.
+    assert!(std::io::BufRead::lines(smaps).any(|line| line.is_err()));
+    let lines = |text: &'static [u8]| text.split(|byte| *byte == b'\n');
+    assert_eq!(
+        sys::parse_vma_flags(lines(smaps), 0x7f00_0000_1000),
+        Some(
+            ["rd", "wr", "sh", "mr", "mw", "me", "ms", "lo", "dc", "dd"]
+                .map(String::from)
+                .to_vec()
+        )
+    );
+    assert_eq!(
+        sys::parse_vma_flags(lines(smaps), 0x55d0_c0a0_0000),
+        Some(
+            ["rd", "ex", "mr", "mw", "me", "dw"]
+                .map(String::from)
+                .to_vec()
+        )
+    );
+    // No mapping starts there (inside one is not the start).
+    assert_eq!(sys::parse_vma_flags(lines(smaps), 0x7f00_0000_2000), None);
+    // A mapping without a VmFlags line before the next header.
+    let no_flags: &[u8] = b"1000-2000 rw-p 0 0:0 0 /x\xff\nSize: 4 kB\n3000-4000 rw-p 0 0:0 0\n\
+        VmFlags: lo\n";
+    assert_eq!(sys::parse_vma_flags(lines(no_flags), 0x1000), None);
+    assert_eq!(
+        sys::parse_vma_flags(lines(no_flags), 0x3000),
+        Some(vec!["lo".to_owned()])
+    );
+    assert_eq!(sys::parse_vma_flags(lines(b""), 0x1000), None);
+}
+
+/// Under `Backend::Auto`, a `memfd_secret` region whose lock cannot be
+/// verified (as without a readable `/proc/self/smaps`) is given up for the
+/// anonymous backend, which verifies its own `mlock`; a required
+/// `memfd_secret` keeps the region and reports the lock missing.
+#[test]
+fn auto_falls_back_when_the_secret_region_misses_a_baseline_protection() {
+    if !memfd_secret("auto_falls_back_when_the_secret_region_misses_a_baseline_protection") {
+        return;
+    }
+    let (outcome, report) = in_child(|report| {
+        report.reserve(1 << 16);
+        drop(LockedSlab::allocate(100, Backend::Auto));
+        let (fds, maps) = (count_fds(), count_maps());
+        FAIL_AT.with(|cell| cell.set(Some(Step::Lock)));
+        for _ in 0..10 {
+            let Ok((slab, got)) = LockedSlab::allocate(page() - 16, Backend::MemfdSecret) else {
+                return 2;
+            };
+            if got.backend != SlabBackend::MemfdSecret
+                || got.mlock
+                || got.missing() != vec![ProtectionKind::Mlock]
+                || got.failures
+                    != vec![ProtectionFailure::new(
+                        ProtectionKind::Mlock,
+                        Some(libc::ENOMEM),
+                    )]
+            {
+                report.push_str(&format!("required: {got} {:?}\n", got.failures));
+                return 3;
+            }
+            drop(slab);
+            let Ok((mut slab, got)) = LockedSlab::allocate(page() - 16, Backend::Auto) else {
+                return 4;
+            };
+            if got.backend != SlabBackend::LockedAnonymous
+                || slab.backend() != SlabBackend::LockedAnonymous
+                || got.memfd_secret
+                || !got.missing().is_empty()
+                || got.failures
+                    != vec![ProtectionFailure::new(
+                        ProtectionKind::MemfdSecret,
+                        Some(libc::ENOMEM),
+                    )]
+            {
+                report.push_str(&format!("auto: {got} {:?}\n", got.failures));
+                return 5;
+            }
+            slab.bytes_mut().fill(7);
+            drop(slab);
+        }
+        FAIL_AT.with(|cell| cell.set(None));
+        if count_fds() != fds || count_maps() != maps {
+            return 6;
+        }
+        // Without the fault, Auto keeps memfd_secret.
+        match LockedSlab::allocate(100, Backend::Auto) {
+            Ok((_, got)) if got.memfd_secret && got.failures.is_empty() => 0,
+            _ => 7,
+        }
+    });
+    assert_eq!(outcome, Outcome::Exited(0), "{report}");
+}
+
+/// Forks, runs `f` in the child (which `_exit`s with its result) and waits:
+/// the child's exit code, or 100 + the signal that ended it.
+fn fork_and_wait(f: impl FnOnce() -> i32) -> i32 {
+    // SAFETY: called from a single-threaded forked test child; the new
+    // child only runs `f` and `_exit`s.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return 90;
+    }
+    if pid == 0 {
+        let code = f();
+        // SAFETY: ending the child without running the parent's destructors.
+        unsafe { libc::_exit(code) };
+    }
+    let mut status = 0;
+    // SAFETY: waiting for our own child with a valid status pointer.
+    while unsafe { libc::waitpid(pid, &mut status, 0) } != pid {
+        if sys::last_errno() != libc::EINTR {
+            return 91;
+        }
+    }
+    if libc::WIFSIGNALED(status) {
+        100 + libc::WTERMSIG(status)
+    } else {
+        libc::WEXITSTATUS(status)
+    }
+}
+
+/// A parent and its forked child can have the same process id: the init
+/// (PID 1) of a PID namespace that unshares a new PID namespace and forks
+/// has a child that is PID 1 there too. Dropping a locked buffer in that
+/// child must still leak the wiped copy instead of handing it to memsec,
+/// whose canary check would abort on the zeroed canary.
+#[test]
+fn fork_copy_is_recognised_when_parent_and_child_share_a_pid() {
+    let (outcome, report) = in_child(|report| {
+        // SAFETY: unshare only changes the namespaces of this (single-
+        // threaded) child and of its future children. Without
+        // CAP_SYS_ADMIN, a new user namespace grants it, where the system
+        // allows unprivileged ones.
+        let unshared = unsafe {
+            libc::unshare(libc::CLONE_NEWPID) == 0
+                || libc::unshare(libc::CLONE_NEWUSER | libc::CLONE_NEWPID) == 0
+        };
+        if !unshared {
+            report.push_str(&format!("unshare: errno {}", sys::last_errno()));
+            return 2;
+        }
+        fork_and_wait(|| {
+            // PID 1 of the first new namespace.
+            if sys::getpid() != 1 {
+                return 3;
+            }
+            let Ok((mut buf, _)) = LockedBuf::new(64) else {
+                return 4;
+            };
+            buf.slice_mut(64).fill(0xCD);
+            // SAFETY: as above.
+            if unsafe { libc::unshare(libc::CLONE_NEWPID) } != 0 {
+                return 5;
+            }
+            fork_and_wait(move || {
+                // PID 1 again, in the nested namespace: same pid as the
+                // process that allocated `buf`.
+                if sys::getpid() != 1 {
+                    return 6;
+                }
+                if buf.slice_mut(64).iter().any(|b| *b != 0) {
+                    return 7;
+                }
+                drop(buf);
+                0
+            })
+        })
+    });
+    if outcome == Outcome::Exited(2) && report.starts_with("unshare") {
+        let _skip = super::environment::require(
+            false,
+            "fork_copy_is_recognised_when_parent_and_child_share_a_pid",
+            "a PID namespace (unshare(CLONE_NEWPID), as root or in a user namespace)",
+        );
+        return;
+    }
+    assert_eq!(outcome, Outcome::Exited(0), "{report}");
+}
+
+/// An underflow that writes zeros over the whole canary, in the process that
+/// allocated the memory, must still abort at free: a zeroed canary is not
+/// taken for a forked child's wiped copy.
+#[test]
+fn zeroed_canary_still_aborts_on_drop() {
+    let zero_canary = |at: *mut u8| {
+        for i in 1..=16 {
+            // SAFETY: deliberately not safe: the underflow under test.
+            unsafe { core::ptr::write_volatile(at.wrapping_sub(i), 0) };
+        }
+    };
+    let (outcome, _) = in_child(|_| {
+        let Ok((mut buf, _)) = LockedBuf::new(page() - 16) else {
+            return 2;
+        };
+        zero_canary(buf.slice_mut(1).as_mut_ptr());
+        drop(buf);
+        0
+    });
+    assert_eq!(outcome, Outcome::Signaled(libc::SIGABRT), "LockedBuf");
+    for backend in concrete_backends("zeroed_canary_still_aborts_on_drop") {
+        let (outcome, _) = in_child(|_| {
+            let Ok((slab, _)) = LockedSlab::allocate(100, backend) else {
+                return 2;
+            };
+            zero_canary(slab.address_range().start as *mut u8);
+            drop(slab);
+            0
+        });
+        assert_eq!(outcome, Outcome::Signaled(libc::SIGABRT), "{backend:?}");
+    }
+}
+
+/// The boot-clock fallback is anchored at the last good reading, not the
+/// first: after a suspend it must not go back to before the suspend.
+#[test]
+fn boot_clock_fallback_never_goes_backwards() {
+    use super::time::Fallback;
+    const S: u64 = 1_000_000_000;
+    const MS: u64 = 1_000_000;
+    let clock = Fallback::new();
+    // Boot time 100 s at monotonic 100 s; a failure at monotonic 101 s.
+    assert_eq!(clock.good(100 * S), 100 * S);
+    let a = clock.fallback(Some(101 * S));
+    assert_eq!(a, 101 * S);
+    assert_eq!(clock.good(102 * S), 102 * S);
+    // A 1000 s suspend: boot time 1103 s at monotonic 103 s. Anchored at
+    // the first good reading (100 s at monotonic 100 s), the fallback would
+    // now read 104 s.
+    assert_eq!(clock.good(1103 * S), 1103 * S);
+    let b = clock.fallback(Some(104 * S));
+    assert!((1103 * S..=1103 * S + MS).contains(&b), "{b}");
+    // Further fallback readings advance with the monotonic clock.
+    let c = clock.fallback(Some(105 * S));
+    assert_eq!(c, b + S);
+    // A good reading is never less than an earlier fallback reading: the
+    // clock waits (here by under 1 ms) for boot time to catch up.
+    assert_eq!(clock.good(1104 * S), c);
+    assert_eq!(clock.good(1104 * S + 2 * MS), 1104 * S + 2 * MS);
+    // Without any clock it stands still, never going back.
+    let d = clock.fallback(None);
+    assert!(d >= 1104 * S + 2 * MS, "{d}");
+    assert_eq!(clock.fallback(None), d);
+    // A monotonic reading that went backwards changes nothing either.
+    assert_eq!(clock.fallback(Some(0)), d);
+    // Good readings within the 1 ms grain of the recorded one are covered
+    // by the fallback's floor too.
+    let clock = Fallback::new();
+    assert_eq!(clock.good(10 * S), 10 * S);
+    assert_eq!(clock.good(10 * S + MS / 2), 10 * S + MS / 2);
+    assert!(clock.fallback(Some(0)) >= 10 * S + MS / 2);
+}
+
+/// `boottime_now` with its clocks failing (test hook) keeps going forward
+/// and never panics; run in a child so the shared fallback state of the
+/// test process is untouched.
+#[test]
+fn boottime_survives_failing_clocks() {
+    use super::time::{CLOCK_FAULT, ClockFault};
+    let (outcome, report) = in_child(|report| {
+        let a = boottime_now();
+        CLOCK_FAULT.with(|cell| cell.set(Some(ClockFault::Boot)));
+        let b = boottime_now();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let c = boottime_now();
+        CLOCK_FAULT.with(|cell| cell.set(Some(ClockFault::Both)));
+        let d = boottime_now();
+        let e = boottime_now();
+        CLOCK_FAULT.with(|cell| cell.set(None));
+        let f = boottime_now();
+        report.push_str(&format!("{a:?} {b:?} {c:?} {d:?} {e:?} {f:?}"));
+        let forward = a <= b && b <= c && c <= d && d <= e && e <= f;
+        let advanced = c >= b + std::time::Duration::from_millis(20);
+        i32::from(!(forward && advanced && d == e))
+    });
+    assert_eq!(outcome, Outcome::Exited(0), "{report}");
+}
