@@ -664,7 +664,6 @@ fn load(counter: &std::sync::atomic::AtomicU64) -> u64 {
     counter.load(Ordering::Relaxed)
 }
 
-/// The first baseline protection that is not active, as a failure to report.
 /// Capacity of a new locked scratch buffer for `len` bytes on pages of
 /// `page` bytes: whole pages less the allocator's canary, so that the data
 /// ends at the trailing guard page and no gap lies between the leading guard
@@ -676,6 +675,7 @@ fn scratch_capacity(len: usize, page: usize) -> usize {
         - CANARY_LEN
 }
 
+/// The first baseline protection that is not active, as a failure to report.
 fn first_missing(protections: &Protections) -> Option<ProtectionFailure> {
     let kind = *protections.missing().first()?;
     Some(protections.failure_of(kind))
