@@ -41,7 +41,9 @@ const SCRATCH_KEPT: usize = 1;
 /// Counters of what the cache has done since it was built.
 ///
 /// A read (`get`, `with`, the first look of `get_or_try_load`) that returns
-/// `Ok` counts exactly once: as a hit, a miss or a negative hit; one that
+/// `Ok` counts exactly once per look at the cache (a `get_or_try_load` that
+/// retries after an abandoned flight looks again): as a hit, a miss or a
+/// negative hit; one that
 /// finds a damaged entry counts one integrity failure. Reads refused in a
 /// forked child, and a `with` that found its entry but could not get a
 /// locked scratch buffer (`Error::Protection`), count nothing.
@@ -117,6 +119,10 @@ impl Wipe for Core {
         self.keyring.shred_all();
         drop(self.store.take_all());
     }
+
+    fn forked(&self) -> bool {
+        self.keyring.forked()
+    }
 }
 
 /// What the handles own: the core and the reaper (joined on drop).
@@ -136,7 +142,9 @@ impl Drop for Shared {
 /// under epoch keys that live in locked memory and are wiped on schedule.
 ///
 /// Cloning is cheap (an `Arc`); every clone is the same cache. Dropping the
-/// last clone stops and joins the reaper thread and wipes every key.
+/// last clone stops and joins the reaper thread and wipes every key (in a
+/// forked child it leaves both alone: the thread does not exist there, and
+/// the keys are absent or zeroed).
 ///
 /// ```
 /// use sealcache::{ExposeSecret, SealCache};
@@ -177,8 +185,9 @@ impl SealCache {
     /// `SEALCACHE_MAX_ENTRIES` (defaults where unset).
     ///
     /// # Errors
-    /// [`Error::Config`] for a bad variable value; otherwise as
-    /// [`Builder::build`].
+    /// [`Error::Config`] for a bad variable value, or for a `SEALCACHE_`
+    /// variable it does not read ([`ConfigError::UnknownEnv`](crate::ConfigError::UnknownEnv));
+    /// otherwise as [`Builder::build`].
     pub fn from_env() -> Result<Self, Error> {
         Builder::from_env()?.build()
     }
@@ -271,8 +280,9 @@ impl SealCache {
     }
 
     /// Seals `secret` under the current epoch key and stores it under
-    /// `key`, replacing any previous value; evicts the least recently used
-    /// entry if the cache is full. Owned secrets are zeroized after sealing.
+    /// `key`, replacing any previous value. If this adds an entry to a full
+    /// cache, the least recently used entry is evicted (replacing a value
+    /// evicts nothing). Owned secrets are zeroized after sealing.
     /// A load of `key` in flight will not overwrite this value.
     ///
     /// # Errors
@@ -562,7 +572,10 @@ impl SealCache {
     /// Number of entries held, cached "not found" entries included. Expired
     /// entries count until a read, an eviction or the reaper removes them:
     /// the reaper drops each entry with its epoch key, at most one epoch
-    /// (plus `max_stale`, plus what TTL jitter cut off) after it expired.
+    /// (plus `max_stale`, plus what TTL jitter cut off) after it expired; a
+    /// cached "not found" goes with the key of the epoch it was stored in,
+    /// up to one epoch plus `ttl − negative_ttl` (plus `max_stale`) after it
+    /// expired.
     pub fn len(&self) -> usize {
         self.core().store.len()
     }
@@ -600,8 +613,10 @@ impl SealCache {
         }
     }
 
-    /// Which memory protections are active, each verified by the result of
-    /// its own system call when the key slab was allocated. Under
+    /// Which memory protections are active: one applied by a system call
+    /// only once its result (for the `memfd_secret` lock, the kernel's
+    /// `/proc/self/smaps`) confirmed it when the key slab was allocated,
+    /// the rest by how the slab is built. Under
     /// [`Protection::BestEffort`], a protection that a scratch buffer for
     /// [`with`](Self::with) could not get is reported off here too.
     pub fn protections(&self) -> Protections {
@@ -634,9 +649,11 @@ impl SealCache {
     }
 
     /// Waits until the reaper has wiped every key whose deadline has
-    /// passed. Returns false if the reaper has stopped.
+    /// passed. Returns false if the reaper has stopped, if its clock
+    /// panicked during this pass (it tries again a second later), or in a
+    /// forked child.
     pub fn sync_reaper(&self) -> bool {
-        self.shared.reaper.sync()
+        !self.forked() && self.shared.reaper.sync()
     }
 
     /// The time to live of entries.

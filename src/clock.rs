@@ -14,7 +14,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 /// A callback a clock runs after it jumps forward; returns `false` once its
-/// receiver is gone, so the clock can forget it.
+/// receiver is gone for good (a cache's reaper: the cache was dropped, or
+/// this is a forked child), so the clock can forget it.
 pub type ClockWaker = Box<dyn Fn() -> bool + Send + Sync>;
 
 /// A monotonic source of time for a [`SealCache`](crate::SealCache).

@@ -93,8 +93,9 @@ pub enum ConfigError {
     Env {
         /// The variable, e.g. `SEALCACHE_TTL_SECS`.
         variable: &'static str,
-        /// The value as read if it is made only of digits and signs (at
-        /// most 64 of them), else only its length, e.g. `<7 characters>`:
+        /// The value, quoted (`"-5"`), if it is made only of digits and
+        /// signs (at most 64 of them), else only its length, e.g.
+        /// `<7 characters>`:
         /// these variables hold a TTL and a count, but a misrouted one (a
         /// template that put a password there) must not reach the logs.
         value: String,
@@ -230,7 +231,8 @@ impl Builder {
     /// [`ConfigError::Env`] for a set variable whose value is empty, not a
     /// whole decimal number, negative, zero, too large or out of range;
     /// [`ConfigError::UnknownEnv`] for any other variable whose name starts
-    /// with `SEALCACHE_` in any case (`SEALCACHE_TTL`, `sealcache_ttl_secs`).
+    /// with `SEALCACHE_` in any case (`SEALCACHE_TTL`, `sealcache_ttl_secs`),
+    /// except `SEALCACHE_STRICT_ENV`, which the crate's own tests read.
     pub fn from_env() -> Result<Self, ConfigError> {
         check_env_names(std::env::vars_os().map(|(name, _)| name))?;
         Self::from_env_with(|name| std::env::var_os(name))
@@ -291,7 +293,7 @@ impl Builder {
     /// decryptable for at most this long after the entry expired, plus the
     /// jitter taken off its TTL ([`ttl_jitter`](Self::ttl_jitter)) and
     /// `max_stale` when those are set. Default TTL/4; accepted TTL/64 ..= TTL
-    /// (this bounds the number of live keys to (TTL + `max_stale`)/epoch + 2).
+    /// (this bounds the number of live keys to ⌈(TTL + `max_stale`)/epoch⌉ + 2).
     pub fn epoch_length(mut self, epoch: Duration) -> Self {
         self.epoch = Some(epoch);
         self
@@ -320,7 +322,10 @@ impl Builder {
 
     /// Opt-in negative caching: a loader's "not found" (never an error) is
     /// cached for this long, so repeated look-ups of a missing secret do not
-    /// reach the database. Off by default; accepted 1 ms ..= TTL.
+    /// reach the database. A cached "not found" is an entry: it counts
+    /// towards `max_entries` (and may evict), is tied to the current epoch
+    /// key (made if needed), and the reaper drops it with that key. Off by
+    /// default; accepted 1 ms ..= TTL.
     pub fn negative_ttl(mut self, negative_ttl: Duration) -> Self {
         self.negative_ttl = Some(negative_ttl);
         self

@@ -16,8 +16,9 @@
 //! - **Keys in locked memory.** Epoch keys live in one slab allocated with
 //!   guard pages, a canary, `mlock` and `MADV_DONTDUMP` (or in a
 //!   `memfd_secret` mapping the kernel hides even from root's
-//!   `/proc/PID/mem`), wiped in a forked child. Each protection is reported
-//!   by [`SealCache::protections`]: one applied by a system call only once
+//!   `/proc/PID/mem`); in a forked child they are absent (memfd_secret) or
+//!   zeroed (anonymous memory). Each protection is reported by
+//!   [`SealCache::protections`]: one applied by a system call only once
 //!   the call's result (for the `memfd_secret` lock, `/proc/self/smaps`)
 //!   confirms it; the anonymous backend's canary, the `memfd_secret`
 //!   mapping's guard pages and fork detection hold by how the slab is built.

@@ -10,6 +10,7 @@
 //! end of a load happens under the same shard lock as the fencing.
 
 use std::any::Any;
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fmt;
 #[cfg(feature = "async")]
@@ -21,7 +22,6 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::task::Waker;
 #[cfg(feature = "async")]
 use std::task::{Context, Poll};
-use std::thread::ThreadId;
 
 use crossbeam_utils::CachePadded;
 
@@ -43,10 +43,10 @@ pub enum LoadError<E> {
     /// panic, the waiters get this. The key is not wedged: the next call
     /// loads again.
     LoaderPanicked,
-    /// The loader of this key, running on this thread, asked the cache for
-    /// the same key (directly or through other keys' loaders): waiting for
-    /// its own flight would never end. Load the inner key some other way,
-    /// or break the cycle between the loaders.
+    /// A loader asked the cache for the key it is loading (directly, or
+    /// through other keys' loaders that it runs), in the blocking or the
+    /// async form: waiting for its own flight would never end. Load the
+    /// inner key some other way, or break the cycle between the loaders.
     Reentrant,
 }
 
@@ -67,9 +67,9 @@ impl<E: fmt::Display> fmt::Display for LoadError<E> {
             Self::Cache(err) => write!(f, "cache error: {err}"),
             Self::Loader(err) => write!(f, "loader failed: {err}"),
             Self::LoaderPanicked => f.write_str("the loader panicked in the caller that ran it"),
-            Self::Reentrant => f.write_str(
-                "a loader asked for the key it is loading, on the same thread: it would wait for itself",
-            ),
+            Self::Reentrant => {
+                f.write_str("a loader asked for the key it is loading: it would wait for itself")
+            }
         }
     }
 }
@@ -129,9 +129,46 @@ pub(crate) struct Flight {
     state: Mutex<FlightState>,
     done: Condvar,
     generation: u64,
-    /// The thread of a blocking leader (`None` for an async one): that
-    /// thread cannot wait for the flight, as only it can finish it.
-    leader_thread: Option<ThreadId>,
+}
+
+thread_local! {
+    /// The flights whose loader runs on this thread right now: a blocking
+    /// loader, or an async leader's loader future while it is being polled.
+    /// Code running there runs inside that loader and must not wait for its
+    /// flight, which only that loader can finish.
+    static LEADING: RefCell<Vec<usize>> = const { RefCell::new(Vec::new()) };
+}
+
+/// The identity of a flight in [`LEADING`].
+fn flight_id(flight: &Arc<Flight>) -> usize {
+    Arc::as_ptr(flight) as usize
+}
+
+/// Whether `flight`'s loader is running on this thread (we are inside it).
+fn led_here(flight: &Arc<Flight>) -> bool {
+    let id = flight_id(flight);
+    LEADING.with(|leading| leading.borrow().contains(&id))
+}
+
+/// Marks a flight as led on this thread until dropped (also by a panic).
+struct LeadingMark(usize);
+
+impl LeadingMark {
+    fn new(id: usize) -> Self {
+        LEADING.with(|leading| leading.borrow_mut().push(id));
+        Self(id)
+    }
+}
+
+impl Drop for LeadingMark {
+    fn drop(&mut self) {
+        LEADING.with(|leading| {
+            let mut leading = leading.borrow_mut();
+            if let Some(at) = leading.iter().rposition(|&id| id == self.0) {
+                leading.remove(at);
+            }
+        });
+    }
 }
 
 impl Flight {
@@ -301,15 +338,8 @@ enum Step<'a> {
     /// valid. `fallback`: if the loader fails, serve the cached value if it
     /// is still servable then (a refresh, or stale-if-error).
     Lead { leader: Leader<'a>, fallback: bool },
-    /// The key's flight is led by a blocking loader on this very thread.
+    /// The key's flight is led by a loader that is running this very code.
     OwnFlight,
-}
-
-/// Who is asking: a blocking caller (its thread) or an async one.
-#[derive(Clone, Copy)]
-enum Caller {
-    Blocking(ThreadId),
-    Async,
 }
 
 impl SealCache {
@@ -327,13 +357,13 @@ impl SealCache {
     ///   [`Builder::negative_ttl`](crate::Builder::negative_ttl).
     /// - With [`refresh_ahead`](crate::Builder::refresh_ahead) and
     ///   [`max_stale`](crate::Builder::max_stale), see their docs.
-    /// - A loader must not wait for its own key. If it asks for it on its
-    ///   own thread (directly, or through other keys' loaders), that call
-    ///   returns [`LoadError::Reentrant`] at once. A cycle across threads
-    ///   (key A's loader waits for key B while B's loader, on another
-    ///   thread, waits for A) cannot be detected and never ends: loaders
-    ///   should read their own dependencies from the database, not from
-    ///   the cache.
+    /// - A loader must not wait for its own key. If code running inside it
+    ///   asks for that key (directly, or through other keys' loaders it
+    ///   runs; blocking or async), that call returns
+    ///   [`LoadError::Reentrant`] at once. A cycle across threads or tasks
+    ///   (key A's loader waits for key B while B's loader, elsewhere, waits
+    ///   for A) cannot be detected and never ends: loaders should read
+    ///   their own dependencies from the database, not from the cache.
     ///
     /// ```
     /// use sealcache::{ExposeSecret, SealCache};
@@ -370,9 +400,8 @@ impl SealCache {
     {
         let key = key.key_bytes();
         let mut loader = Some(loader);
-        let caller = Caller::Blocking(std::thread::current().id());
         loop {
-            match self.first_step(key, caller)? {
+            match self.first_step(key)? {
                 Step::Done(value) => return Ok(value),
                 Step::OwnFlight => return Err(LoadError::Reentrant),
                 Step::Join(flight) => {
@@ -388,7 +417,9 @@ impl SealCache {
                         return Err(LoadError::LoaderPanicked);
                     };
                     bump(&self.load_counters().loads);
+                    let mark = LeadingMark::new(flight_id(&leader.flight));
                     let loaded = loader();
+                    drop(mark);
                     return self.settle(leader, loaded, fallback);
                 }
             }
@@ -403,8 +434,9 @@ impl SealCache {
     /// `select!` that moved on, say) holds every caller of that key until it
     /// is dropped or the key is invalidated, so drop a leader you stop
     /// polling, or bound the loader with a timeout inside it. Calling the
-    /// blocking form for a key whose async leader runs on the same
-    /// single-threaded executor waits forever. Runtime-agnostic (only
+    /// blocking form, from another task, for a key whose async leader runs
+    /// on the same single-threaded executor waits forever (the leader
+    /// cannot be polled while that thread blocks). Runtime-agnostic (only
     /// `std::task`).
     ///
     /// # Errors
@@ -424,7 +456,7 @@ impl SealCache {
         let key = key.key_bytes();
         let mut loader = Some(loader);
         loop {
-            match self.first_step(key, Caller::Async)? {
+            match self.first_step(key)? {
                 Step::Done(value) => return Ok(value),
                 Step::OwnFlight => return Err(LoadError::Reentrant),
                 Step::Join(flight) => {
@@ -440,7 +472,15 @@ impl SealCache {
                         return Err(LoadError::LoaderPanicked);
                     };
                     bump(&self.load_counters().loads);
-                    let loaded = loader.await;
+                    // Marked as led on whichever thread polls it, while it
+                    // is polled.
+                    let id = flight_id(&leader.flight);
+                    let mut loader = std::pin::pin!(loader);
+                    let loaded = std::future::poll_fn(|cx| {
+                        let _mark = LeadingMark::new(id);
+                        loader.as_mut().poll(cx)
+                    })
+                    .await;
                     return self.settle(leader, loaded, fallback);
                 }
             }
@@ -448,7 +488,7 @@ impl SealCache {
     }
 
     /// Reads the cache, then joins or starts a flight.
-    fn first_step<'a>(&'a self, key: &'a [u8], caller: Caller) -> Result<Step<'a>, Error> {
+    fn first_step<'a>(&'a self, key: &'a [u8]) -> Result<Step<'a>, Error> {
         if self.forked() {
             return Err(Error::Forked);
         }
@@ -468,20 +508,24 @@ impl SealCache {
                     // A refresh is running: keep serving the cached value.
                     return Ok(Step::Done(Some(secret)));
                 }
-                // A refresh may have stored its value between our read and
-                // this lock (which flights finish under): serve that one
-                // rather than load again.
-                if let Read::Hit(fresh, fresh_expires) = self.peek_secret(key, now, Stale::Skip)?
-                    && fresh_expires != expires
-                {
-                    return Ok(Step::Done(Some(fresh)));
-                }
-                bump(&self.load_counters().refreshes);
-                let leader = self.register(&mut map, key, shard, caller);
-                return Ok(Step::Lead {
-                    leader,
-                    fallback: true,
-                });
+                // A refresh (or an insert, or an invalidation) may have
+                // changed the entry between our read and this lock, which
+                // flights finish under: act on what is there now.
+                let fallback = match self.peek_secret(key, now, Stale::Skip)? {
+                    Read::Hit(fresh, fresh_expires) if fresh_expires != expires => {
+                        return Ok(Step::Done(Some(fresh)));
+                    }
+                    Read::Hit(..) => {
+                        bump(&self.load_counters().refreshes);
+                        true
+                    }
+                    Read::Negative => return Ok(Step::Done(None)),
+                    // Gone or expired meanwhile: an ordinary load.
+                    Read::Stale(_) => true,
+                    Read::Miss => false,
+                };
+                let leader = self.register(&mut map, key, shard);
+                return Ok(Step::Lead { leader, fallback });
             }
             Read::Negative => return Ok(Step::Done(None)),
             Read::Stale(_) => fallback = true,
@@ -491,12 +535,9 @@ impl SealCache {
         let mut map = self.flights().lock(shard);
         if let Some(flight) = map.get(key) {
             if !self.flights().is_fenced(flight) {
-                // Code running on a blocking leader's thread runs inside
-                // its loader: waiting for that flight would never end.
-                if flight
-                    .leader_thread
-                    .is_some_and(|thread| thread == std::thread::current().id())
-                {
+                // Called from inside that flight's own loader: waiting for
+                // it would never end.
+                if led_here(flight) {
                     return Ok(Step::OwnFlight);
                 }
                 let flight = Arc::clone(flight);
@@ -520,26 +561,16 @@ impl SealCache {
             Read::Negative => return Ok(Step::Done(None)),
             Read::Stale(_) | Read::Miss => {}
         }
-        let leader = self.register(&mut map, key, shard, caller);
+        let leader = self.register(&mut map, key, shard);
         Ok(Step::Lead { leader, fallback })
     }
 
-    fn register<'a>(
-        &'a self,
-        map: &mut FlightMap,
-        key: &'a [u8],
-        shard: usize,
-        caller: Caller,
-    ) -> Leader<'a> {
+    fn register<'a>(&'a self, map: &mut FlightMap, key: &'a [u8], shard: usize) -> Leader<'a> {
         let flights = self.flights();
         let flight = Arc::new(Flight {
             state: Mutex::new(FlightState::default()),
             done: Condvar::new(),
             generation: flights.generation.load(Ordering::Acquire),
-            leader_thread: match caller {
-                Caller::Blocking(thread) => Some(thread),
-                Caller::Async => None,
-            },
         });
         map.insert(Box::from(key), Arc::clone(&flight));
         flights.active.fetch_add(1, Ordering::AcqRel);

@@ -15,9 +15,10 @@
 //! `max_stale` when those are set.
 //!
 //! R trades that window against the number of live keys,
-//! `(TTL + max_stale)/R + 2` at most: R = TTL/4 without `max_stale` keeps
-//! six 32-byte keys live and the window at a quarter of the TTL. One page
-//! holds 127 keys (4,096 bytes less a 16-byte canary). The accepted range
+//! `⌈(TTL + max_stale)/R⌉ + 2` at most: R = TTL/4 without `max_stale` keeps
+//! six 32-byte keys live and the window at a quarter of the TTL. One 4 KiB
+//! page holds 127 keys (4,096 bytes less a 16-byte canary; the slab is
+//! sized from the real page size). The accepted range
 //! TTL/64 ..= TTL keeps the slab to that page unless `(TTL + max_stale)/R`
 //! exceeds 125, which only an epoch near TTL/64 with a `max_stale` near the
 //! TTL reaches; the slab then takes two pages.
@@ -36,7 +37,7 @@
 //! Keys are addressed by a monotonically increasing id in slot
 //! `id % slots`. The slab has at least `key_life / R + 2` slots, so a slot is
 //! only reused after its previous key's deadline; key creation (the first
-//! insert of each epoch) also wipes any key whose deadline has passed, so as
+//! insert or cached "not found" of each epoch) also wipes any key whose deadline has passed, so as
 //! long as inserts continue, a stalled reaper cannot let keys outlive their
 //! deadline by more than one epoch.
 //!

@@ -35,6 +35,9 @@ pub(crate) trait Wipe: Send + Sync + 'static {
     fn overdue(&self, now: u64) -> Vec<u64>;
     /// Wipes every key: the reaper is failing, so none may wait for it.
     fn shred_all(&self);
+    /// Whether this process is a forked child of the one that built the
+    /// cache (no reaper thread exists there).
+    fn forked(&self) -> bool;
 }
 
 /// Messages to the reaper.
@@ -76,17 +79,23 @@ impl Reaper {
         let thread_alive = Arc::clone(&alive);
         let thread_clock = Arc::clone(&clock);
         let (started_tx, started_rx) = bounded(1);
+        let waker_target = Arc::downgrade(&target);
         let thread = thread::Builder::new()
             .name(THREAD_NAME.into())
             .spawn(move || {
-                let _flag = AliveFlag(thread_alive);
+                let flag = AliveFlag(thread_alive);
                 let _ = started_tx.send(());
                 let ran = catch_unwind(AssertUnwindSafe(|| run(&*thread_clock, &*target, &rx)));
+                // Close the channel first: from here on a new key cannot be
+                // scheduled, and the insert that made it wipes it and fails
+                // with `Error::Reaper`.
+                drop(rx);
+                drop(flag);
                 if ran.is_err() {
                     // Should a bug panic the loop, fail closed: with no
                     // reaper no key would be wiped at its deadline, so wipe
-                    // them all now (every entry becomes a miss, and inserts
-                    // fail with `Error::Reaper`).
+                    // every key scheduled before the channel closed (every
+                    // entry becomes a miss).
                     target.shred_all();
                 }
             })?;
@@ -96,8 +105,14 @@ impl Reaper {
         }
         let waker_tx = tx.clone();
         let pid = std::process::id();
+        // The clock forgets a waker that returns false: only when this
+        // reaper is gone for good (its channel closed, or a forked child's
+        // copy), not when one pass could not finish (its clock panicked).
         clock.register_waker(Box::new(move || {
-            std::process::id() == pid && sync(&waker_tx)
+            let here = waker_target
+                .upgrade()
+                .is_some_and(|target| !target.forked());
+            here && sync(&waker_tx) != Synced::Gone
         }));
         Ok(Self {
             tx,
@@ -113,9 +128,10 @@ impl Reaper {
     }
 
     /// Waits until the thread has wiped every key due now; false at once in
-    /// a forked child (which has no reaper thread) or if it has stopped.
+    /// a forked child (which has no reaper thread), if it has stopped, or if
+    /// its clock panicked during that pass.
     pub(crate) fn sync(&self) -> bool {
-        std::process::id() == self.pid && sync(&self.tx)
+        std::process::id() == self.pid && sync(&self.tx) == Synced::Done
     }
 
     /// Drops `garbage` on the reaper thread (or here if it has stopped).
@@ -167,12 +183,29 @@ impl Drop for AliveFlag {
     }
 }
 
-fn sync(tx: &Sender<Message>) -> bool {
+/// How a [`sync`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Synced {
+    /// Every key due was wiped.
+    Done,
+    /// The pass did not finish (the clock panicked); the reaper runs on.
+    Failed,
+    /// The reaper thread is gone.
+    Gone,
+}
+
+fn sync(tx: &Sender<Message>) -> Synced {
     let (ack_tx, ack_rx) = bounded(1);
     if tx.send(Message::Sync(ack_tx)).is_err() {
-        return false;
+        return Synced::Gone;
     }
-    ack_rx.recv().is_ok()
+    match ack_rx.recv() {
+        Ok(()) => Synced::Done,
+        // The ack was dropped unanswered: by a failed pass, or by a thread
+        // that ended meanwhile (the channel tells them apart).
+        Err(_) if tx.send(Message::Sync(bounded(1).0)).is_ok() => Synced::Failed,
+        Err(_) => Synced::Gone,
+    }
 }
 
 /// The thread's loop.
@@ -245,4 +278,68 @@ fn handle(
         Message::Shutdown => return true,
     }
     false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+    use std::sync::mpsc;
+
+    /// A target whose pass panics (standing in for a bug of the crate) and
+    /// whose `shred_all` pauses halfway, so that an insert can run while
+    /// the failing reaper shreds.
+    struct Failing {
+        shredding: Mutex<Option<mpsc::Sender<()>>>,
+        resume: Mutex<Option<mpsc::Receiver<()>>>,
+    }
+
+    impl Wipe for Failing {
+        fn wipe_key(&self, _key_id: u64) {
+            panic!("a bug in the reaper's pass (deliberate, in a test)");
+        }
+        fn overdue(&self, _now: u64) -> Vec<u64> {
+            Vec::new()
+        }
+        fn shred_all(&self) {
+            let shredding = self.shredding.lock().unwrap().take();
+            let _ = shredding.map(|tx| tx.send(()));
+            let resume = self.resume.lock().unwrap().take();
+            let _ = resume.map(|rx| rx.recv());
+        }
+        fn forked(&self) -> bool {
+            false
+        }
+    }
+
+    /// When the reaper's loop fails it shreds every key, and no key made
+    /// meanwhile can be handed to it: the insert that made it is refused
+    /// (and wipes it), instead of succeeding with a key nobody will wipe.
+    #[test]
+    fn a_key_made_while_a_failing_reaper_shreds_is_refused() {
+        let (shredding_tx, shredding_rx) = mpsc::channel();
+        let (resume_tx, resume_rx) = mpsc::channel();
+        let target = Arc::new(Failing {
+            shredding: Mutex::new(Some(shredding_tx)),
+            resume: Mutex::new(Some(resume_rx)),
+        });
+        let clock: Arc<dyn Clock> = Arc::new(crate::ManualClock::new());
+        let mut reaper = Reaper::start(clock, target).unwrap();
+        assert!(reaper.schedule(1, 0), "due at once: the pass panics");
+        shredding_rx.recv().unwrap();
+        let accepted = reaper.schedule(2, 1);
+        let alive = reaper.is_alive();
+        // Resumed before any assertion, so a failure cannot leave the
+        // thread blocked and the test hanging in `shutdown`.
+        resume_tx.send(()).unwrap();
+        reaper.shutdown(false);
+        assert!(
+            !alive,
+            "a failed reaper reports itself stopped while it shreds"
+        );
+        assert!(
+            !accepted,
+            "a key made during the shred was handed to a dead reaper"
+        );
+    }
 }

@@ -642,9 +642,12 @@ impl Store {
             self.publish_tail(s, &shard);
             added
         };
-        // A replacement adds nothing: whoever added an entry evicts for it.
+        // Whoever adds an entry evicts at most one, and only if the cache is
+        // then over its bound; a replacement adds nothing and evicts
+        // nothing. So threads adding at once evict one entry per entry
+        // added, never more, and `len` always counts live entries.
         if added {
-            self.evict_overflow(now);
+            self.evict_oldest(now);
         }
     }
 
@@ -657,32 +660,16 @@ impl Store {
         }
     }
 
-    /// Evicts globally least recently used entries until the bound holds.
-    /// Each eviction is first reserved by taking one off `len` while it is
-    /// over the bound, so threads inserting at once evict one entry per
-    /// entry added, never more.
-    fn evict_overflow(&self, now: u64) {
-        let max = self.max_entries;
-        while self
-            .len
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |len| {
-                (len > max).then(|| len - 1)
-            })
-            .is_ok()
-        {
-            if !self.evict_oldest(now) {
-                // Nothing left to evict (every shard emptied meanwhile):
-                // give the reservation back.
-                self.len.fetch_add(1, Ordering::Relaxed);
-                return;
-            }
-        }
-    }
-
-    /// Removes the globally least recently used entry, already counted out
-    /// of `len` by the caller; false if every shard is empty.
+    /// Removes the globally least recently used entry while the cache is
+    /// over its bound; false if it is not (any more), or every shard is
+    /// empty. The bound is checked again under the victim's shard lock: an
+    /// entry removed meanwhile (invalidated, expired, reaped) may have made
+    /// the room already, and `len` only ever counts live entries.
     fn evict_oldest(&self, now: u64) -> bool {
         loop {
+            if self.len.load(Ordering::Relaxed) <= self.max_entries {
+                return false;
+            }
             let oldest = self
                 .tails
                 .iter()
@@ -701,12 +688,16 @@ impl Store {
                 self.publish_tail(s, &shard);
                 continue;
             }
+            if self.len.load(Ordering::Relaxed) <= self.max_entries {
+                return false;
+            }
             if now >= shard.nodes[tail as usize].expires {
                 shard.counters.expirations += 1;
             } else {
                 shard.counters.evictions += 1;
             }
             shard.remove(tail, &self.hasher);
+            self.removed(1);
             self.publish_tail(s, &shard);
             return true;
         }
@@ -978,6 +969,52 @@ mod tests {
             "one hit (the replacement), two misses (the undone reads), \
              one expiration (the entry whose key was gone), one integrity failure"
         );
+    }
+
+    /// Two inserts that overflowed a bound of one wait to evict the oldest
+    /// entry while every entry is removed meanwhile (invalidated, reaped):
+    /// `len` keeps counting live entries, and an entry inserted into the
+    /// emptied cache is not evicted by the late evictions.
+    #[test]
+    fn late_evictions_take_only_what_the_bound_still_needs() {
+        let store = std::sync::Arc::new(Store::new(4, 1));
+        let shard_of = |k: &[u8]| store.locate(k).0;
+        let (oldest, _) = store.locate(b"k1");
+        let mut others = (0..)
+            .map(|i| format!("o{i}").into_bytes())
+            .filter(|k| shard_of(k) != oldest);
+        let (ka, kb, kc) = (
+            others.next().unwrap(),
+            others.next().unwrap(),
+            others.next().unwrap(),
+        );
+        store.insert(data(b"k1", b"v"), 100, 1, 0);
+        let mut guard = store.lock(oldest);
+        let insert = |key: Vec<u8>| {
+            let store = std::sync::Arc::clone(&store);
+            std::thread::spawn(move || store.insert(data(&key, b"v"), 100, 1, 0))
+        };
+        let (a, b) = (insert(ka.clone()), insert(kb.clone()));
+        // Both added (three live entries); both now wait for the oldest
+        // entry's shard.
+        let began = std::time::Instant::now();
+        while store.len() != 3 {
+            assert!(began.elapsed().as_secs() < 10, "the inserts never ran");
+            std::thread::yield_now();
+        }
+        assert!(store.remove(&ka) && store.remove(&kb));
+        let (_, hash) = store.locate(b"k1");
+        let i = guard.find(hash, b"k1").unwrap();
+        guard.remove(i, &store.hasher);
+        store.removed(1);
+        store.publish_tail(oldest, &guard);
+        assert_eq!(store.len(), 0, "len counts live entries");
+        store.insert(data(&kc, b"new"), 100, 1, 0);
+        drop(guard);
+        a.join().unwrap();
+        b.join().unwrap();
+        assert_eq!(store.len(), 1);
+        assert_eq!(get(&store, &kc, 0).as_deref(), Some(&b"new"[..]), "kept");
     }
 
     #[test]

@@ -511,8 +511,8 @@ fn text_of_every_public_type_error_and_panicking_loader_holds_no_secret() {
         .ttl(Duration::ZERO)
         .build()
         .expect_err("zero ttl");
-    // Configuration errors echo the rejected configuration value (never a
-    // cached secret): a non-numeric TTL.
+    // Configuration errors show a rejected value only if it is numeric (a
+    // non-numeric TTL shows as its length), and name an unknown variable.
     let env: ConfigError =
         Builder::from_env_with(|name| (name == sealcache::ENV_TTL_SECS).then(|| "sixty".into()))
             .expect_err("bad env value");
@@ -528,6 +528,12 @@ fn text_of_every_public_type_error_and_panicking_loader_holds_no_secret() {
         texts.push(format!("{err} {err:?}"));
     }
     texts.push(format!("{env} {env:?}"));
+    // What `from_env` says of a misspelled variable (it reads the process
+    // environment, so the error is built here): its name, nothing else.
+    let unknown = ConfigError::UnknownEnv {
+        variable: "SEALCACHE_TTL".into(),
+    };
+    texts.push(format!("{unknown} {unknown:?}"));
     for kind in [
         ProtectionKind::Mlock,
         ProtectionKind::NoDump,

@@ -393,57 +393,66 @@ fn refresh_ahead_reloads_once_while_everyone_else_gets_the_cached_value() {
     assert!(cache.get("k").unwrap().is_some());
 }
 
-/// Callers that read the old value just before a refresh stores the new one
-/// reach the flight table after that refresh has left it: they must take
-/// the new value, not start another refresh. Four threads hammer one key in
-/// its refresh window, forty times; every round makes exactly one load.
+/// Callers that read the old value just before a refresh settles reach the
+/// flight table after that refresh has left it: they must take what it
+/// found (the new value, or a cached "not found"), not start another
+/// refresh. Four threads hammer one key in its refresh window, forty times
+/// for each outcome; every round makes exactly one load.
 #[test]
 fn callers_racing_a_finishing_refresh_never_start_a_second_one() {
     use std::sync::atomic::AtomicBool;
-    let mut loads_per_round = Vec::new();
-    for _ in 0..40 {
-        let clock = ManualClock::new();
-        let cache = refreshing_cache(&clock, 0.25);
-        value(cache.get_or_try_load("k", || Ok::<_, DbError>(Some("v1"))));
-        clock.advance(Duration::from_secs(45));
-        let loads = Arc::new(AtomicUsize::new(0));
-        let stop = Arc::new(AtomicBool::new(false));
-        let start = Arc::new(Barrier::new(5));
-        let threads: Vec<_> = (0..4)
-            .map(|_| {
-                let (cache, loads, stop, start) = (
-                    cache.clone(),
-                    Arc::clone(&loads),
-                    Arc::clone(&stop),
-                    Arc::clone(&start),
-                );
-                thread::spawn(move || {
-                    start.wait();
-                    // At least one call each, however late the thread runs.
-                    loop {
-                        let got = value(cache.get_or_try_load("k", || {
-                            loads.fetch_add(1, Ordering::SeqCst);
-                            thread::sleep(Duration::from_millis(1));
-                            Ok::<_, DbError>(Some("v2"))
-                        }));
-                        assert!(got.is_some());
-                        if stop.load(Ordering::Relaxed) {
-                            break;
+    for found in [Some("v2"), None] {
+        let mut loads_per_round = Vec::new();
+        for _ in 0..40 {
+            let clock = ManualClock::new();
+            let cache = SealCache::builder()
+                .ttl(TTL)
+                .refresh_ahead(0.25)
+                .negative_ttl(Duration::from_secs(30))
+                .clock(clock.clone())
+                .build()
+                .unwrap();
+            value(cache.get_or_try_load("k", || Ok::<_, DbError>(Some("v1"))));
+            clock.advance(Duration::from_secs(45));
+            let loads = Arc::new(AtomicUsize::new(0));
+            let stop = Arc::new(AtomicBool::new(false));
+            let start = Arc::new(Barrier::new(5));
+            let threads: Vec<_> = (0..4)
+                .map(|_| {
+                    let (cache, loads, stop, start) = (
+                        cache.clone(),
+                        Arc::clone(&loads),
+                        Arc::clone(&stop),
+                        Arc::clone(&start),
+                    );
+                    thread::spawn(move || {
+                        start.wait();
+                        // At least one call each, however late the thread runs.
+                        loop {
+                            let got = cache.get_or_try_load("k", || {
+                                loads.fetch_add(1, Ordering::SeqCst);
+                                thread::sleep(Duration::from_millis(1));
+                                Ok::<_, DbError>(found)
+                            });
+                            assert!(got.is_ok());
+                            if stop.load(Ordering::Relaxed) {
+                                break;
+                            }
                         }
-                    }
+                    })
                 })
-            })
-            .collect();
-        start.wait();
-        thread::sleep(Duration::from_millis(20));
-        stop.store(true, Ordering::Relaxed);
-        threads.into_iter().for_each(|t| t.join().unwrap());
-        loads_per_round.push(loads.load(Ordering::SeqCst));
+                .collect();
+            start.wait();
+            thread::sleep(Duration::from_millis(20));
+            stop.store(true, Ordering::Relaxed);
+            threads.into_iter().for_each(|t| t.join().unwrap());
+            loads_per_round.push(loads.load(Ordering::SeqCst));
+        }
+        assert!(
+            loads_per_round.iter().all(|&n| n == 1),
+            "refresh finding {found:?}: loads per round: {loads_per_round:?}"
+        );
     }
-    assert!(
-        loads_per_round.iter().all(|&n| n == 1),
-        "loads per round: {loads_per_round:?}"
-    );
 }
 
 /// A loader that asks the cache for its own key, on its own thread, would
@@ -484,7 +493,7 @@ fn a_loader_asking_for_its_own_key_gets_reentrant_instead_of_hanging() {
     assert_eq!(again.unwrap(), b"again", "the key is not wedged");
     assert_eq!(
         LoadError::<std::io::Error>::Reentrant.to_string(),
-        "a loader asked for the key it is loading, on the same thread: it would wait for itself"
+        "a loader asked for the key it is loading: it would wait for itself"
     );
 }
 
@@ -673,6 +682,47 @@ fn refresh_ahead_with_jitter_never_reloads_a_fresh_entry() {
         cache.stats().refreshes > 0,
         "entries are still refreshed ahead"
     );
+}
+
+/// The async form detects the same re-entrance: a loader future that asks
+/// for its own key, through either form, gets `LoadError::Reentrant`
+/// instead of waiting for itself, on a single-threaded and on a
+/// multi-threaded runtime.
+#[cfg(feature = "async")]
+#[test]
+fn an_async_loader_asking_for_its_own_key_gets_reentrant_instead_of_hanging() {
+    let single = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let multi = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    for runtime in [single, multi] {
+        let clock = ManualClock::new();
+        let cache = cache(&clock);
+        let outer = runtime.block_on(async {
+            let load = cache.get_or_try_load_async("a", async {
+                // Let the runtime poll something else first: the mark
+                // must hold on whichever poll runs this part.
+                tokio::task::yield_now().await;
+                let inner = cache
+                    .get_or_try_load_async("a", async { Ok::<_, DbError>(Some("inner")) })
+                    .await;
+                assert!(matches!(inner, Err(LoadError::Reentrant)), "{inner:?}");
+                let inner = cache.get_or_try_load("a", || Ok::<_, DbError>(Some("inner")));
+                assert!(matches!(inner, Err(LoadError::Reentrant)), "{inner:?}");
+                Ok::<_, DbError>(Some("outer"))
+            });
+            tokio::time::timeout(Duration::from_secs(30), load)
+                .await
+                .expect("an async loader that asked for its own key never returned")
+        });
+        assert_eq!(value(outer).unwrap(), b"outer");
+        assert_eq!(cache.get("a").unwrap().unwrap().expose_secret(), b"outer");
+    }
 }
 
 #[cfg(feature = "async")]

@@ -182,7 +182,8 @@ impl std::error::Error for ProtectionFailure {}
 pub struct Protections {
     /// The backend in use.
     pub backend: SlabBackend,
-    /// The key pages are locked in RAM (verified by a checked `mlock(2)`).
+    /// The key pages are locked in RAM (verified by a checked `mlock(2)`, or
+    /// for `memfd_secret` memory by the `lo` flag in `/proc/self/smaps`).
     pub mlock: bool,
     /// The key pages are excluded from core dumps (checked
     /// `madvise(MADV_DONTDUMP)`).
