@@ -360,10 +360,14 @@ impl SealCache {
     /// - A loader must not wait for its own key. If code running inside it
     ///   asks for that key (directly, or through other keys' loaders it
     ///   runs; blocking or async), that call returns
-    ///   [`LoadError::Reentrant`] at once. A cycle across threads or tasks
-    ///   (key A's loader waits for key B while B's loader, elsewhere, waits
-    ///   for A) cannot be detected and never ends: loaders should read
-    ///   their own dependencies from the database, not from the cache.
+    ///   [`LoadError::Reentrant`] at once. "Inside" is what runs on the
+    ///   loader's thread while it runs (or, for an async loader, while it
+    ///   is polled): a loader that drives an executor itself (`block_on`)
+    ///   makes the other tasks that executor polls meanwhile count as
+    ///   inside it too. A cycle across threads or tasks (key A's loader
+    ///   waits for key B while B's loader, elsewhere, waits for A) cannot
+    ///   be detected and never ends: loaders should read their own
+    ///   dependencies from the database, not from the cache.
     ///
     /// ```
     /// use sealcache::{ExposeSecret, SealCache};

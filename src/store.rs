@@ -688,7 +688,18 @@ impl Store {
                 self.publish_tail(s, &shard);
                 continue;
             }
-            if self.len.load(Ordering::Relaxed) <= self.max_entries {
+            // Taken off `len` while the victim is held under this lock: two
+            // evictors on two shards cannot both act on one overflow, and
+            // `len` cannot drop below the live count (nobody else can
+            // remove this victim meanwhile).
+            let max = self.max_entries;
+            if self
+                .len
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |len| {
+                    (len > max).then(|| len - 1)
+                })
+                .is_err()
+            {
                 return false;
             }
             if now >= shard.nodes[tail as usize].expires {
@@ -697,7 +708,6 @@ impl Store {
                 shard.counters.evictions += 1;
             }
             shard.remove(tail, &self.hasher);
-            self.removed(1);
             self.publish_tail(s, &shard);
             return true;
         }
