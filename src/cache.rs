@@ -13,7 +13,7 @@ use crate::config::{Builder, Protection, Settings};
 use crate::error::Error;
 use crate::keyring::Keyring;
 use crate::loader::{Flights, LoadCounters};
-use crate::memory::{self, CANARY_LEN, LockedBuf, ProtectionFailure, Protections};
+use crate::memory::{self, LockedBuf, ProtectionFailure, Protections};
 use crate::reaper::{Reaper, Wipe};
 use crate::seal;
 use crate::secret::{CacheKey, SecretBytes, SecretValue};
@@ -43,8 +43,8 @@ const SCRATCH_KEPT: usize = 1;
 /// A read (`get`, `with`, the first look of `get_or_try_load`) that returns
 /// `Ok` counts exactly once per look at the cache (a `get_or_try_load` that
 /// retries after an abandoned flight looks again): as a hit, a miss or a
-/// negative hit; one that
-/// finds a damaged entry counts one integrity failure. Reads refused in a
+/// negative hit; one that finds a damaged entry counts one integrity
+/// failure. Reads refused in a
 /// forked child, and a `with` that found its entry but could not get a
 /// locked scratch buffer (`Error::Protection`), count nothing.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -474,11 +474,9 @@ impl SealCache {
             })?;
         let (mut buf, len, stripe) = match read {
             Read::Hit(opened, _) => opened,
-            Read::Stale(Some((buf, len, stripe))) => {
-                self.return_scratch(stripe, buf, len);
-                return Ok(None);
-            }
-            Read::Stale(None) | Read::Negative | Read::Miss => return Ok(None),
+            // `Stale::Skip`: a stale entry is reported, never opened into a
+            // scratch buffer.
+            Read::Stale(_) | Read::Negative | Read::Miss => return Ok(None),
         };
         let result = f(buf.slice_mut(len));
         self.return_scratch(stripe, buf, len);
@@ -508,7 +506,7 @@ impl SealCache {
             }
         }
         let (buf, missing) =
-            LockedBuf::new(scratch_capacity(len, core.page)).map_err(Error::Protection)?;
+            LockedBuf::new(memory::page_filling_len(len, core.page)).map_err(Error::Protection)?;
         if let Some(failure) = missing.first() {
             if core.settings.protection == Protection::Require {
                 return Err(Error::Protection(*failure));
@@ -681,48 +679,8 @@ fn load(counter: &std::sync::atomic::AtomicU64) -> u64 {
     counter.load(Ordering::Relaxed)
 }
 
-/// Capacity of a new locked scratch buffer for `len` bytes on pages of
-/// `page` bytes: whole pages less the allocator's canary, so that the data
-/// ends at the trailing guard page and no gap lies between the leading guard
-/// page and the canary. At least one page (4,080 bytes on 4 KiB pages).
-fn scratch_capacity(len: usize, page: usize) -> usize {
-    len.saturating_add(CANARY_LEN)
-        .div_ceil(page)
-        .saturating_mul(page)
-        - CANARY_LEN
-}
-
 /// The first baseline protection that is not active, as a failure to report.
 fn first_missing(protections: &Protections) -> Option<ProtectionFailure> {
     let kind = *protections.missing().first()?;
     Some(protections.failure_of(kind))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn scratch_buffers_fill_whole_pages_of_any_size() {
-        // 4 KiB pages: as before (at least one page less the canary).
-        assert_eq!(scratch_capacity(0, 4096), 4080);
-        assert_eq!(scratch_capacity(100, 4096), 4080);
-        assert_eq!(scratch_capacity(4080, 4096), 4080);
-        assert_eq!(scratch_capacity(4081, 4096), 2 * 4096 - 16);
-        // 16 and 64 KiB pages: no slack before the canary.
-        for page in [16 * 1024, 64 * 1024] {
-            for len in [0, 1, 4080, page - 16, page - 15, 3 * page, MAX_VALUE_LEN] {
-                let capacity = scratch_capacity(len, page);
-                assert_eq!(
-                    (capacity + CANARY_LEN) % page,
-                    0,
-                    "{len} bytes, page {page}"
-                );
-                assert!(
-                    capacity >= len && capacity - len < page,
-                    "{len} bytes, page {page}"
-                );
-            }
-        }
-    }
 }

@@ -12,17 +12,14 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::error::Error;
-use crate::memory::{self, Backend, CANARY_LEN, LockedSlab, Protections, SharedSlab, SlabWrite};
+use crate::memory::{self, Backend, LockedSlab, Protections, SharedSlab, SlabWrite};
 use crate::seal::KEY_LEN;
 
-/// The usable length of a slab for `live` keys on pages of `page` bytes:
-/// whole pages less the canary that precedes the usable bytes, so that no
-/// gap lies between the leading guard page and the canary (a write one byte
-/// before the canary faults) and the last byte touches the trailing guard
-/// page. 4,080 bytes for up to 127 keys on 4 KiB pages.
+/// The usable length of a slab for `live` keys on pages of `page` bytes
+/// (whole pages less the canary: see [`memory::page_filling_len`]). 4,080
+/// bytes for up to 127 keys on 4 KiB pages.
 fn slab_len(live: usize, page: usize) -> usize {
-    let needed = live.saturating_mul(KEY_LEN).saturating_add(CANARY_LEN);
-    needed.div_ceil(page).saturating_mul(page) - CANARY_LEN
+    memory::page_filling_len(live.saturating_mul(KEY_LEN), page)
 }
 
 /// A key id that no key ever has.
@@ -364,6 +361,7 @@ fn wipe_locked(guard: &mut SlabWrite<'_, SlotTable>, key_id: u64) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::memory::CANARY_LEN;
 
     const SEC: u64 = 1_000_000_000;
 

@@ -608,8 +608,8 @@ impl Store {
     }
 
     /// Stores `entry` as the most recently used entry, replacing any entry
-    /// under the same key, then evicts least recently used entries beyond
-    /// the bound.
+    /// under the same key; if that added an entry, evicts the least
+    /// recently used one while the cache is over its bound.
     pub(crate) fn insert(&self, entry: EntryBuf, expires: u64, key_id: u64, now: u64) {
         let (s, hash) = self.locate(entry.key());
         let added = {

@@ -7,7 +7,9 @@ use std::ops::Range;
 
 use crate::SealCache;
 
-pub use crate::memory::environment::{STRICT_ENV, memfd_secret_supported, require};
+pub use crate::memory::environment::{
+    STRICT_ENV, memfd_secret_supported, require, require_memfd_secret,
+};
 
 /// Bytes a sealed entry adds to its plaintext (version, nonce, tag).
 pub const SEAL_OVERHEAD: usize = crate::seal::OVERHEAD;

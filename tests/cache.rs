@@ -407,10 +407,8 @@ fn protections_are_all_verified_on_this_machine() {
     assert!(report.mlock && report.no_dump && report.guard_pages && report.canary);
     assert!(report.fork_wipe);
     // Where the kernel has memfd_secret, Auto must pick it.
-    let memfd_secret = testing::require(
-        testing::memfd_secret_supported(),
+    let memfd_secret = testing::require_memfd_secret(
         "protections_are_all_verified_on_this_machine (memfd_secret part)",
-        "memfd_secret(2)",
     );
     assert_eq!(report.memfd_secret, memfd_secret, "{report}");
     let anon = SealCache::builder()

@@ -323,15 +323,9 @@ fn assert_no_trace_after(test: &str, role: &str) {
     child.finish_ok();
 }
 
-/// Whether the kernel gives `test` memfd_secret (if not, the test skips its
-/// memfd_secret part, or fails under `SEALCACHE_STRICT_ENV=1`).
-fn memfd_secret(test: &str) -> bool {
-    testing::require(testing::memfd_secret_supported(), test, "memfd_secret(2)")
-}
-
 /// `roles` without the memfd_secret ones where the kernel lacks it.
 fn available_roles<'a>(test: &str, roles: &[&'a str]) -> Vec<&'a str> {
-    let memfd = memfd_secret(test);
+    let memfd = testing::require_memfd_secret(test);
     roles
         .iter()
         .copied()
@@ -368,7 +362,7 @@ fn live_dump_at_rest_finds_no_plaintext_and_no_key_behind_memfd_secret() {
     if let Some(role) = forensics::child_role() {
         return run_child(&role);
     }
-    if !memfd_secret(TEST) {
+    if !testing::require_memfd_secret(TEST) {
         return;
     }
     let mut child = forensics::spawn(TEST, "memfd:none:block");
@@ -470,7 +464,7 @@ fn seal_and_open_leave_no_key_or_plaintext_on_stacks_or_heap() {
     if let Some(role) = forensics::child_role() {
         return run_child(&role);
     }
-    if !memfd_secret(TEST) {
+    if !testing::require_memfd_secret(TEST) {
         return;
     }
     let mut child = forensics::spawn(TEST, "memfd:read:block");

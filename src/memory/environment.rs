@@ -28,6 +28,13 @@ pub fn require(available: bool, test: &str, what: &str) -> bool {
     false
 }
 
+/// [`require`] of [`memfd_secret_supported`]: whether `test` can use
+/// `memfd_secret` here.
+#[must_use]
+pub fn require_memfd_secret(test: &str) -> bool {
+    require(memfd_secret_supported(), test, "memfd_secret(2)")
+}
+
 /// Whether the kernel hands out `memfd_secret(2)` descriptors (Linux >=
 /// 5.14 with `CONFIG_SECRETMEM`, enabled at boot before 6.5, and not
 /// filtered by seccomp). Probed with the raw system call, not through the

@@ -35,5 +35,7 @@ pub(crate) use buf::LockedBuf;
 pub(crate) use registers::wipe_vector_registers;
 pub(crate) use shared::{SharedSlab, SlabWrite};
 pub(crate) use slab::LockedSlab;
-pub(crate) use sys::{CANARY_LEN, page_size};
+#[cfg(test)]
+pub(crate) use sys::CANARY_LEN;
+pub(crate) use sys::{page_filling_len, page_size};
 pub(crate) use time::boottime_now;

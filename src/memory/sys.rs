@@ -6,6 +6,18 @@ use super::report::{ProtectionFailure, ProtectionKind};
 /// Length of the canary that precedes the usable bytes (memsec's layout).
 pub(crate) const CANARY_LEN: usize = 16;
 
+/// The usable length of the fewest whole pages of `page` bytes that hold
+/// `len` bytes after the canary: whole pages less the canary, so that no gap
+/// lies between the leading guard page and the canary (a write one byte
+/// before the canary faults) and the last usable byte touches the trailing
+/// guard page. At least one page (4,080 bytes on 4 KiB pages).
+pub(crate) fn page_filling_len(len: usize, page: usize) -> usize {
+    len.saturating_add(CANARY_LEN)
+        .div_ceil(page)
+        .saturating_mul(page)
+        - CANARY_LEN
+}
+
 /// The `errno` of the last failed call on this thread.
 pub(super) fn last_errno() -> i32 {
     std::io::Error::last_os_error()

@@ -101,20 +101,10 @@ const BACKENDS: [Backend; 3] = [
     Backend::LockedAnonymous,
 ];
 
-/// Whether `test` can use `memfd_secret` here (it skips, or fails under
-/// `SEALCACHE_STRICT_ENV=1`, when the kernel does not provide it).
-fn memfd_secret(test: &str) -> bool {
-    super::environment::require(
-        super::environment::memfd_secret_supported(),
-        test,
-        "memfd_secret(2)",
-    )
-}
-
 /// Every backend, or only the anonymous one where `memfd_secret` is missing
 /// (`Auto` then means the anonymous backend too).
 fn backends(test: &str) -> Vec<Backend> {
-    if memfd_secret(test) {
+    if super::environment::require_memfd_secret(test) {
         BACKENDS.to_vec()
     } else {
         vec![Backend::LockedAnonymous]
@@ -124,7 +114,7 @@ fn backends(test: &str) -> Vec<Backend> {
 /// The two concrete backends, or only the anonymous one where
 /// `memfd_secret` is missing.
 fn concrete_backends(test: &str) -> Vec<Backend> {
-    if memfd_secret(test) {
+    if super::environment::require_memfd_secret(test) {
         vec![Backend::MemfdSecret, Backend::LockedAnonymous]
     } else {
         vec![Backend::LockedAnonymous]
@@ -184,7 +174,7 @@ fn every_protection_is_active_here() {
 
 #[test]
 fn memfd_secret_is_really_used() {
-    if !memfd_secret("memfd_secret_is_really_used") {
+    if !super::environment::require_memfd_secret("memfd_secret_is_really_used") {
         return;
     }
     let (slab, got) = LockedSlab::allocate(page() - 16, Backend::MemfdSecret).expect("memfd");
@@ -225,7 +215,7 @@ fn report_texts() {
             .starts_with("memfd_secret was not obtained; boot with")
     );
     assert_eq!(Backend::default(), Backend::Auto);
-    if !memfd_secret("report_texts") {
+    if !super::environment::require_memfd_secret("report_texts") {
         return;
     }
     let (_slab, got) = LockedSlab::allocate(100, Backend::MemfdSecret).expect("allocate");
@@ -261,7 +251,7 @@ fn debug_output_has_no_secret_bytes() {
 /// step and with absurd sizes; no descriptor and no mapping may survive.
 #[test]
 fn no_descriptor_or_mapping_leaks() {
-    if !memfd_secret("no_descriptor_or_mapping_leaks") {
+    if !super::environment::require_memfd_secret("no_descriptor_or_mapping_leaks") {
         return;
     }
     let (outcome, report) = in_child(|report| {
@@ -441,7 +431,7 @@ fn forked_child_cannot_read_anonymous_slab() {
 
 #[test]
 fn forked_child_cannot_read_memfd_secret_slab() {
-    if !memfd_secret("forked_child_cannot_read_memfd_secret_slab") {
+    if !super::environment::require_memfd_secret("forked_child_cannot_read_memfd_secret_slab") {
         return;
     }
     let (mut slab, _) = LockedSlab::allocate(page() - 16, Backend::MemfdSecret).expect("slab");
@@ -654,7 +644,8 @@ fn failed_map_fixed_keeps_reservation() -> Result<(i32, bool), &'static str> {
 
 #[test]
 fn memlock_exhaustion_is_reported_not_fatal() {
-    let replay = memfd_secret("memlock_exhaustion_is_reported_not_fatal");
+    let replay =
+        super::environment::require_memfd_secret("memlock_exhaustion_is_reported_not_fatal");
     for (memlock, len) in [(0, 100), (8192, 16 * page())] {
         let (outcome, report) = memlock_child(memlock, len, replay);
         eprintln!("RLIMIT_MEMLOCK={memlock}:\n{report}");
@@ -822,7 +813,9 @@ fn map_non_utf8_path_low() -> Result<(*mut libc::c_void, usize), &'static str> {
 /// memory, so that flag is the only evidence that it is locked.
 #[test]
 fn non_utf8_mapping_path_does_not_hide_the_secret_lock() {
-    if !memfd_secret("non_utf8_mapping_path_does_not_hide_the_secret_lock") {
+    if !super::environment::require_memfd_secret(
+        "non_utf8_mapping_path_does_not_hide_the_secret_lock",
+    ) {
         return;
     }
     let (outcome, report) = in_child(|report| {
@@ -910,7 +903,9 @@ fn smaps_parser_reads_bytes_not_text() {
 /// `memfd_secret` keeps the region and reports the lock missing.
 #[test]
 fn auto_falls_back_when_the_secret_region_misses_a_baseline_protection() {
-    if !memfd_secret("auto_falls_back_when_the_secret_region_misses_a_baseline_protection") {
+    if !super::environment::require_memfd_secret(
+        "auto_falls_back_when_the_secret_region_misses_a_baseline_protection",
+    ) {
         return;
     }
     let (outcome, report) = in_child(|report| {
@@ -1149,4 +1144,39 @@ fn boottime_survives_failing_clocks() {
         i32::from(!(forward && advanced && d == e))
     });
     assert_eq!(outcome, Outcome::Exited(0), "{report}");
+}
+
+/// The length every locked allocation is sized by (the key slab, the
+/// scratch buffers of `with`): whole pages less the canary, on any page
+/// size, and never shorter than asked.
+#[test]
+fn page_filling_lengths_fill_whole_pages_of_any_size() {
+    // 4 KiB pages: at least one page less the canary.
+    assert_eq!(page_filling_len(0, 4096), 4080);
+    assert_eq!(page_filling_len(100, 4096), 4080);
+    assert_eq!(page_filling_len(4080, 4096), 4080);
+    assert_eq!(page_filling_len(4081, 4096), 2 * 4096 - 16);
+    // 16 and 64 KiB pages: no slack before the canary.
+    for page in [16 * 1024, 64 * 1024] {
+        for len in [
+            0,
+            1,
+            4080,
+            page - 16,
+            page - 15,
+            3 * page,
+            crate::MAX_VALUE_LEN,
+        ] {
+            let capacity = page_filling_len(len, page);
+            assert_eq!(
+                (capacity + CANARY_LEN) % page,
+                0,
+                "{len} bytes, page {page}"
+            );
+            assert!(
+                capacity >= len && capacity - len < page,
+                "{len} bytes, page {page}"
+            );
+        }
+    }
 }
