@@ -54,6 +54,11 @@
 //! A [`Clock`](crate::Clock) is user code, so the reaper survives one that
 //! panics: it keeps its deadlines and reads the clock again a second later
 //! (`tests/cache.rs::a_clock_that_panics_once_does_not_stop_the_reaper`).
+//! A clock that keeps panicking cannot keep keys past their deadlines: at
+//! the third failed reading in a row (about two seconds with no traffic)
+//! the reaper wipes every key, every entry becomes a miss, and it goes on
+//! wiping whatever keys appear until the clock works again
+//! (`tests/cache.rs::a_clock_that_keeps_panicking_makes_the_reaper_wipe_every_key`).
 //! Should the thread still end abnormally (a bug of the crate), it wipes
 //! every key before it goes: the cache then fails closed, every entry a
 //! miss and every insert an [`Error::Reaper`](crate::Error::Reaper), rather

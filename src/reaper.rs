@@ -6,7 +6,10 @@
 //! in a min-heap and sleeps until the earliest (at most [`MAX_SLEEP`] at a
 //! time, so a clock that counts suspend is re-read after a resume). Dropping
 //! the cache sends `Shutdown` and joins the thread. A [`ManualClock`]
-//! (crate::ManualClock) wakes it synchronously on every advance.
+//! (crate::ManualClock) wakes it synchronously on every advance. A clock
+//! that panics is read again after [`MAX_SLEEP`]; after
+//! [`CLOCK_FAILURES_BEFORE_SHRED`] failed readings in a row, every key is
+//! wiped (fail closed) and the thread runs on.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -22,6 +25,11 @@ use crate::clock::{Clock, nanos};
 
 /// Longest single sleep: deadlines are re-checked at least this often.
 pub(crate) const MAX_SLEEP: Duration = Duration::from_secs(1);
+
+/// Failed clock readings in a row after which the reaper no longer trusts
+/// that any deadline is still ahead and wipes every key (about two seconds
+/// of a failing clock with no traffic: it retries every [`MAX_SLEEP`]).
+pub(crate) const CLOCK_FAILURES_BEFORE_SHRED: u32 = 3;
 
 /// Name of the reaper thread.
 pub(crate) const THREAD_NAME: &str = "sealcache-reaper";
@@ -212,10 +220,21 @@ fn sync(tx: &Sender<Message>) -> Synced {
 fn run<W: Wipe>(clock: &dyn Clock, target: &W, rx: &Receiver<Message>) {
     let mut deadlines: BinaryHeap<Reverse<(u64, u64)>> = BinaryHeap::new();
     let mut acks: Vec<Sender<()>> = Vec::new();
+    let mut clock_failures: u32 = 0;
     loop {
         // A `Clock` is user code: one that panics must not end the thread
         // (keys would then outlive their deadlines). Try again shortly.
         let Ok(now) = catch_unwind(AssertUnwindSafe(|| nanos(clock.now()))) else {
+            clock_failures = clock_failures.saturating_add(1);
+            if clock_failures >= CLOCK_FAILURES_BEFORE_SHRED {
+                // A clock that keeps failing could otherwise keep every key
+                // past its deadline: fail closed, as a failed loop does, but
+                // keep running, so that keys made once the clock works again
+                // are wiped on time. Keys made meanwhile go at the next
+                // failed reading.
+                target.shred_all();
+                deadlines.clear();
+            }
             // Nothing due was wiped: a waiting `sync` learns it (false)
             // rather than being told all is done.
             acks.clear();
@@ -230,6 +249,7 @@ fn run<W: Wipe>(clock: &dyn Clock, target: &W, rx: &Receiver<Message>) {
             }
             continue;
         };
+        clock_failures = 0;
         while let Some(&Reverse((deadline, key_id))) = deadlines.peek() {
             if deadline > now {
                 break;
@@ -341,5 +361,68 @@ mod tests {
             !accepted,
             "a key made during the shred was handed to a dead reaper"
         );
+    }
+
+    /// A target that counts `shred_all` calls.
+    #[derive(Default)]
+    struct CountsShreds(std::sync::atomic::AtomicUsize);
+
+    impl Wipe for CountsShreds {
+        fn wipe_key(&self, _key_id: u64) {}
+        fn overdue(&self, _now: u64) -> Vec<u64> {
+            Vec::new()
+        }
+        fn shred_all(&self) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+        fn forked(&self) -> bool {
+            false
+        }
+    }
+
+    /// A clock whose every reading panics.
+    #[derive(Debug)]
+    struct Broken;
+
+    impl Clock for Broken {
+        fn now(&self) -> Duration {
+            panic!("a broken clock (deliberate, in a test)")
+        }
+    }
+
+    /// One reading per pass: the reaper tolerates two failed clock readings
+    /// in a row and shreds every key at the third (and at each one after).
+    #[test]
+    fn the_third_failed_clock_reading_in_a_row_shreds_every_key() {
+        let target = Arc::new(CountsShreds::default());
+        let mut reaper = Reaper::start(Arc::new(Broken), Arc::clone(&target)).unwrap();
+        let shreds = || target.0.load(Ordering::SeqCst);
+        // One failed pass; its ack is dropped once the pass is over.
+        let pass = || {
+            let (ack_tx, ack_rx) = bounded(1);
+            reaper.tx.send(Message::Sync(ack_tx)).unwrap();
+            assert!(ack_rx.recv().is_err(), "a pass with no clock acked");
+        };
+        // The thread's first reading, made before it takes any message, is
+        // the first failure; each pass makes one more.
+        let began = std::time::Instant::now();
+        pass();
+        let after_two = shreds();
+        // The reaper also retries on its own after `MAX_SLEEP` with no
+        // message: on a machine stalled that long, a third reading came
+        // from that, and the count before the next pass proves nothing.
+        if began.elapsed() < MAX_SLEEP / 2 {
+            assert_eq!(after_two, 0, "shredded before the third failed reading");
+        }
+        pass();
+        assert!(shreds() >= 1, "three failed readings, nothing shredded");
+        let after_three = shreds();
+        pass();
+        assert!(shreds() > after_three, "a fourth failure shreds again");
+        assert!(
+            reaper.is_alive(),
+            "a failing clock does not stop the reaper"
+        );
+        reaper.shutdown(false);
     }
 }

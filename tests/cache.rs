@@ -6,6 +6,7 @@
 #![allow(unsafe_code)]
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicU32;
 use std::thread;
 use std::time::Duration;
 
@@ -898,25 +899,46 @@ fn concurrent_inserts_evict_one_entry_per_entry_added() {
     assert_eq!(cache.len(), MAX);
 }
 
-/// A `Clock` that panics once on the reaper thread, then behaves. It wakes
-/// no reaper when it moves (its `register_waker` is the default no-op), so
-/// the reaper sees time pass only by re-reading it on its own.
+/// A `Clock` whose next `panics` readings on the reaper thread panic; it
+/// behaves otherwise. It wakes no reaper when it moves (its
+/// `register_waker` is the default no-op), so the reaper sees time pass
+/// only by re-reading it on its own.
 #[derive(Debug, Clone)]
-struct ClockThatPanicsOnce {
+struct ClockThatPanicsOnReaper {
     inner: ManualClock,
-    armed: Arc<std::sync::atomic::AtomicBool>,
+    /// How many of the reaper thread's next readings panic.
+    panics: Arc<AtomicU32>,
 }
 
-impl sealcache::Clock for ClockThatPanicsOnce {
+impl sealcache::Clock for ClockThatPanicsOnReaper {
     fn now(&self) -> Duration {
         use std::sync::atomic::Ordering;
         if thread::current().name() == Some("sealcache-reaper")
-            && self.armed.swap(false, Ordering::SeqCst)
+            && self
+                .panics
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                .is_ok()
         {
-            panic!("a transient clock failure (deliberate, in a test)");
+            panic!("a clock failure (deliberate, in a test)");
         }
         self.inner.now()
     }
+}
+
+/// A cache on a [`ClockThatPanicsOnReaper`], the clock it reads, and the
+/// count of the reaper's readings still to panic (none yet).
+fn cache_with_a_clock_that_panics_on_reaper() -> (SealCache, ManualClock, Arc<AtomicU32>) {
+    let inner = ManualClock::new();
+    let panics = Arc::new(AtomicU32::new(0));
+    let cache = SealCache::builder()
+        .ttl(TTL)
+        .clock(ClockThatPanicsOnReaper {
+            inner: inner.clone(),
+            panics: Arc::clone(&panics),
+        })
+        .build()
+        .unwrap();
+    (cache, inner, panics)
 }
 
 /// A `Clock` is user code: one panic on the reaper thread must not stop
@@ -925,25 +947,16 @@ impl sealcache::Clock for ClockThatPanicsOnce {
 /// fail.
 #[test]
 fn a_clock_that_panics_once_does_not_stop_the_reaper() {
-    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::atomic::Ordering;
     use std::time::Instant;
-    let inner = ManualClock::new();
-    let armed = Arc::new(AtomicBool::new(false));
-    let cache = SealCache::builder()
-        .ttl(TTL)
-        .clock(ClockThatPanicsOnce {
-            inner: inner.clone(),
-            armed: Arc::clone(&armed),
-        })
-        .build()
-        .unwrap();
+    let (cache, inner, panics) = cache_with_a_clock_that_panics_on_reaper();
     cache.insert("k", "v").unwrap();
     assert!(cache.sync_reaper(), "the reaper holds the key's deadline");
     // The reaper now sleeps (at most a second at a time) with no message
     // to come: the next clock reading it makes on its own panics.
-    armed.store(true, Ordering::SeqCst);
+    panics.store(1, Ordering::SeqCst);
     let began = Instant::now();
-    while armed.load(Ordering::SeqCst) {
+    while panics.load(Ordering::SeqCst) > 0 {
         assert!(
             began.elapsed() < Duration::from_secs(10),
             "the reaper never read the clock"
@@ -968,6 +981,46 @@ fn a_clock_that_panics_once_does_not_stop_the_reaper() {
     assert_eq!(cache.len(), 0, "the entry went with its key");
     cache.insert("k2", "v2").unwrap();
     assert_eq!(get(&cache, "k2").unwrap(), b"v2");
+}
+
+/// A clock that keeps panicking on the reaper thread cannot keep keys
+/// alive past their deadlines: after three failed readings in a row the
+/// reaper wipes every key (every entry becomes a miss) and runs on, and once
+/// the clock works again new keys are kept and wiped as usual. (How many
+/// failures it tolerates is pinned by
+/// `reaper::tests::the_third_failed_clock_reading_in_a_row_shreds_every_key`.)
+#[test]
+fn a_clock_that_keeps_panicking_makes_the_reaper_wipe_every_key() {
+    use std::sync::atomic::Ordering;
+    use std::time::Instant;
+    let (cache, _, panics) = cache_with_a_clock_that_panics_on_reaper();
+    cache.insert("k", "v").unwrap();
+    assert!(cache.sync_reaper());
+    panics.store(u32::MAX, Ordering::SeqCst);
+    // Each sync is one more pass, and one more failed reading (the reaper
+    // also retries on its own every second).
+    let began = Instant::now();
+    while cache.stats().live_keys > 0 {
+        assert!(
+            began.elapsed() < Duration::from_secs(10),
+            "a failing clock kept the key alive: {:?}",
+            cache.stats()
+        );
+        assert!(!cache.sync_reaper(), "a pass with no clock reports failure");
+    }
+    // The shred may have been under way (keys gone, entries not yet): one
+    // more pass waits for it to end.
+    assert!(!cache.sync_reaper());
+    let stats = cache.stats();
+    assert!(stats.reaper_alive, "{stats:?}");
+    assert_eq!(stats.keys_wiped, 1, "{stats:?}");
+    assert_eq!(cache.len(), 0, "the entry went with its key");
+    panics.store(0, Ordering::SeqCst);
+    assert_eq!(get(&cache, "k"), None);
+    cache.insert("k2", "v2").unwrap();
+    assert!(cache.sync_reaper(), "the clock works again");
+    assert_eq!(get(&cache, "k2").unwrap(), b"v2");
+    assert_eq!(cache.stats().live_keys, 1);
 }
 
 /// `get` and `with` never return an entry past its TTL, so they do not
