@@ -75,14 +75,11 @@ impl fmt::Display for Error {
     }
 }
 
-impl std::error::Error for Error {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            Self::Config(err) => Some(err),
-            _ => None,
-        }
-    }
-}
+/// No source: the one variant that wraps another error
+/// ([`Error::Config`]) already prints its message, and a reporter that
+/// walks the chain (`anyhow`, `eyre`) would print it twice. Match the
+/// variant to reach the [`ConfigError`].
+impl std::error::Error for Error {}
 
 impl From<ConfigError> for Error {
     fn from(err: ConfigError) -> Self {

@@ -60,6 +60,15 @@
 //! (dumpability, core limits: see the opt-in [`harden_process`]), swap and
 //! hibernation policy, and platforms other than Linux.
 //!
+//! ## Cargo features
+//!
+//! - `async`: `SealCache::get_or_try_load_async`, the read-through load
+//!   for async code (runtime-agnostic: it only uses `std::task`). Without
+//!   it, async code has only the blocking `get_or_try_load`, which would
+//!   block an executor thread while another caller loads.
+//! - `test-hooks`: internals for this crate's tests, fuzz targets and
+//!   benchmarks. Never enable it in production.
+//!
 //! The claims, their attackers and the tests that prove them are listed in
 //! `THREAT_MODEL.md` and `SECURITY.md` at the repository root; the design
 //! rationale is in [`manual`].
@@ -87,6 +96,7 @@
 //! # Ok::<(), sealcache::Error>(())
 //! ```
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![deny(missing_docs, unsafe_code)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 

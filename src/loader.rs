@@ -74,15 +74,14 @@ impl<E: fmt::Display> fmt::Display for LoadError<E> {
     }
 }
 
-impl<E: std::error::Error + 'static> std::error::Error for LoadError<E> {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            Self::Cache(err) => Some(err),
-            Self::Loader(err) => Some(&**err),
-            Self::LoaderPanicked | Self::Reentrant => None,
-        }
-    }
-}
+/// An error for any loader error that can be printed, so `?` turns it into
+/// an `anyhow::Error` or a `Box<dyn Error + Send + Sync>` even when the
+/// loader's own error is one of those (neither implements
+/// `std::error::Error` itself). No source: the message already holds the
+/// cache's or the loader's error, and a reporter that walks the chain
+/// would print it twice. Match [`LoadError::Loader`] to reach the loader's
+/// error.
+impl<E: fmt::Debug + fmt::Display> std::error::Error for LoadError<E> {}
 
 impl<E> From<Error> for LoadError<E> {
     fn from(err: Error) -> Self {
@@ -445,7 +444,11 @@ impl SealCache {
     ///
     /// # Errors
     /// As [`get_or_try_load`](Self::get_or_try_load).
+    ///
+    /// Needs the crate feature `async`
+    /// (`sealcache = { version = "…", features = ["async"] }`).
     #[cfg(feature = "async")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "async")))]
     pub async fn get_or_try_load_async<K, V, E, Fut>(
         &self,
         key: &K,

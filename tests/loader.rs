@@ -275,6 +275,46 @@ fn a_loader_error_reaches_every_waiter_and_is_not_cached() {
     assert_eq!(calls.load(Ordering::SeqCst), 1, "the error was not cached");
 }
 
+/// Every message in an error's chain, outermost first, as a reporter that
+/// walks `source()` (`anyhow`'s `{:#}`, `eyre`) prints it.
+fn chain(err: &(dyn std::error::Error + 'static)) -> Vec<String> {
+    std::iter::successors(Some(err), |e| e.source())
+        .map(ToString::to_string)
+        .collect()
+}
+
+/// A loader whose error type is not itself a `std::error::Error` (a boxed
+/// error, or `anyhow::Error`) can still `?` its `LoadError` into a boxed
+/// error, and an error chain prints each message once, for loader errors
+/// and for the cache's own wrapped errors (`Error::Config`).
+#[test]
+fn load_errors_of_any_printable_type_propagate_with_question_mark_and_print_once() {
+    type BoxError = Box<dyn std::error::Error + Send + Sync>;
+    let cache = cache(&ManualClock::new());
+    let load = |cache: &SealCache| -> Result<(), BoxError> {
+        cache.get_or_try_load("db/password", || -> Result<Option<&str>, BoxError> {
+            Err("connection refused".into())
+        })?;
+        Ok(())
+    };
+    let err = load(&cache).unwrap_err();
+    assert_eq!(chain(&*err), ["loader failed: connection refused"]);
+    let invalid = SealCache::builder()
+        .ttl(Duration::ZERO)
+        .build()
+        .map(drop)
+        .map_err(BoxError::from)
+        .unwrap_err();
+    let messages = chain(&*invalid);
+    assert_eq!(messages.len(), 1, "{messages:?}");
+    assert!(
+        messages[0].starts_with("invalid configuration: "),
+        "{messages:?}"
+    );
+    let cache_failure: LoadError<BoxError> = sealcache::Error::Forked.into();
+    assert_eq!(chain(&cache_failure).len(), 1);
+}
+
 #[test]
 fn not_found_is_reloaded_each_time_without_negative_caching() {
     let clock = ManualClock::new();
