@@ -505,8 +505,12 @@ impl SealCache {
                 return Ok(pool.swap_remove(pos));
             }
         }
-        let (buf, missing) =
-            LockedBuf::new(memory::page_filling_len(len, core.page)).map_err(Error::Protection)?;
+        let (buf, missing) = LockedBuf::new(memory::page_filling_len(len, core.page))
+            .map_err(|failure| Error::Protection(failure.in_scratch_buffer()))?;
+        let missing: Vec<ProtectionFailure> = missing
+            .into_iter()
+            .map(ProtectionFailure::in_scratch_buffer)
+            .collect();
         if let Some(failure) = missing.first() {
             if core.settings.protection == Protection::Require {
                 return Err(Error::Protection(*failure));

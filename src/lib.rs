@@ -132,8 +132,8 @@ pub use config::{
 pub use error::Error;
 pub use loader::LoadError;
 pub use memory::{
-    Backend, HardeningError, HardeningStep, ProcessHardening, ProtectionFailure, ProtectionKind,
-    Protections, SlabBackend, harden_process,
+    Backend, HardeningError, HardeningStep, ProcessHardening, ProtectedMemory, ProtectionFailure,
+    ProtectionKind, Protections, SlabBackend, harden_process,
 };
 pub use secrecy::ExposeSecret;
 pub use secret::{CacheKey, SecretBytes, SecretValue};

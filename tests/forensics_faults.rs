@@ -288,9 +288,9 @@ struct CapData {
     inheritable: u32,
 }
 
-/// Drops CAP_IPC_LOCK from this thread and sets RLIMIT_MEMLOCK to 0, then
-/// proves that `mlock` now fails.
-fn drop_memlock() {
+/// Drops CAP_IPC_LOCK from this thread and sets RLIMIT_MEMLOCK to
+/// `limit` bytes, then proves that locking one page more than that fails.
+fn drop_memlock(limit: usize) {
     let mut header = CapHeader {
         version: CAPABILITY_VERSION_3,
         pid: 0,
@@ -307,19 +307,20 @@ fn drop_memlock() {
     // SAFETY: capset reads the header and two CapData structs.
     let rc = unsafe { libc::syscall(libc::SYS_capset, &mut header, data.as_ptr()) };
     assert_eq!(rc, 0, "capset (drop CAP_IPC_LOCK)");
-    let limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
+    let rlimit = libc::rlimit {
+        rlim_cur: limit as libc::rlim_t,
+        rlim_max: limit as libc::rlim_t,
     };
     // SAFETY: setrlimit reads a valid rlimit struct.
-    let rc = unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &limit) };
-    assert_eq!(rc, 0, "setrlimit(RLIMIT_MEMLOCK, 0)");
-    let page = vec![0u8; 8192];
+    let rc = unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &rlimit) };
+    assert_eq!(rc, 0, "setrlimit(RLIMIT_MEMLOCK, {limit})");
+    let over = limit + 4096;
+    let pages = vec![0u8; over + 4096];
     // SAFETY: mlock of our own live buffer; undone below if it succeeds.
-    let locked = unsafe { libc::mlock(page.as_ptr().cast(), 4096) };
+    let locked = unsafe { libc::mlock(pages.as_ptr().cast(), over) };
     if locked == 0 {
         // SAFETY: undoes the lock just taken.
-        unsafe { libc::munlock(page.as_ptr().cast(), 4096) };
+        unsafe { libc::munlock(pages.as_ptr().cast(), over) };
     }
     assert_ne!(
         locked, 0,
@@ -359,7 +360,7 @@ fn assert_kind(lines: &[String], tag: &str, kind: &str) {
 }
 
 fn nolock_child() {
-    drop_memlock();
+    drop_memlock(0);
     forensics::send_value(
         "require_anon",
         failure_kind(build(Backend::LockedAnonymous, Protection::Require)),
@@ -432,6 +433,95 @@ fn without_cap_ipc_lock_and_memlock_require_fails_typed_and_best_effort_reports(
          failures=[MemfdSecret, Mlock]"
     );
     child.finish_ok();
+}
+
+/// The locked-memory limit of the `lowlock` child: room for the key slab
+/// and small scratch buffers, not for a scratch buffer of [`BIG_SECRET`].
+const LOW_MEMLOCK: usize = 64 * 1024;
+/// A secret whose `with` scratch buffer does not fit in [`LOW_MEMLOCK`].
+const BIG_SECRET: usize = 256 * 1024;
+
+/// With room in RLIMIT_MEMLOCK for the key slab but not for a large `with`
+/// scratch buffer (and no CAP_IPC_LOCK): under `Require` the cache builds
+/// with every protection, and `with` on a large secret fails with a failure
+/// that names the scratch buffer; under `BestEffort` it works, and
+/// `protections()` turns mlock off, names the scratch buffer (not the
+/// slab) in its failures and its text, while the slab's own locked bytes
+/// stay reported.
+#[test]
+fn a_with_scratch_buffer_that_cannot_be_locked_is_named_in_the_error_and_the_report() {
+    const TEST: &str =
+        "a_with_scratch_buffer_that_cannot_be_locked_is_named_in_the_error_and_the_report";
+    if forensics::child_role().is_some() {
+        return lowlock_child();
+    }
+    let mut child = forensics::spawn(TEST, "lowlock");
+    let lines = child.until_ready();
+    eprintln!("[{TEST}] {lines:#?}");
+    assert_eq!(
+        forensics::value(&lines, "require"),
+        "built mlock=true small_with=true big_with=Mlock/ScratchBuffer"
+    );
+    let text = forensics::value(&lines, "require_text");
+    assert!(
+        text.starts_with(
+            "memory protection required: mlock was not obtained for a with() scratch buffer ("
+        ) && text.contains("raise RLIMIT_MEMLOCK"),
+        "{text}"
+    );
+    assert_eq!(
+        forensics::value(&lines, "best_effort"),
+        "big_with=true mlock=false slab_locked=true failures=[(Mlock, ScratchBuffer)]"
+    );
+    let shown = forensics::value(&lines, "best_effort_text");
+    assert!(
+        shown.contains(" mlock=off ")
+            && shown.contains("; failed: mlock was not obtained for a with() scratch buffer"),
+        "{shown}"
+    );
+    child.finish_ok();
+}
+
+fn lowlock_child() {
+    drop_memlock(LOW_MEMLOCK);
+    let big = vec![7u8; BIG_SECRET];
+    let require = build(Backend::Auto, Protection::Require).expect("the slab fits the limit");
+    require.insert("small", "s").expect("insert");
+    require.insert("big", &big[..]).expect("insert");
+    let small_with = require.with("small", <[u8]>::len) == Ok(Some(1));
+    let big_with = require.with("big", <[u8]>::len);
+    let failure = match &big_with {
+        Err(Error::Protection(failure)) => format!("{:?}/{:?}", failure.kind, failure.memory),
+        other => format!("{other:?}"),
+    };
+    forensics::send_value(
+        "require",
+        format!(
+            "built mlock={} small_with={small_with} big_with={failure}",
+            require.protections().mlock
+        ),
+    );
+    let text = big_with.map_or_else(|err| err.to_string(), |_| "worked".into());
+    forensics::send_value("require_text", text);
+    let best = build(Backend::Auto, Protection::BestEffort).expect("best effort builds");
+    best.insert("big", &big[..]).expect("insert");
+    let big_with = best.with("big", <[u8]>::len) == Ok(Some(BIG_SECRET));
+    let report = best.protections();
+    forensics::send_value(
+        "best_effort",
+        format!(
+            "big_with={big_with} mlock={} slab_locked={} failures={:?}",
+            report.mlock,
+            best.locked_bytes() > 0,
+            report
+                .failures
+                .iter()
+                .map(|f| (f.kind, f.memory))
+                .collect::<Vec<_>>()
+        ),
+    );
+    forensics::send_value("best_effort_text", report);
+    forensics::wait_for_parent();
 }
 
 // ---------------------------------------------------------------------------

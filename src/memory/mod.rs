@@ -29,7 +29,9 @@ mod time;
 mod tests;
 
 pub use process::{HardeningError, HardeningStep, ProcessHardening, harden_process};
-pub use report::{Backend, ProtectionFailure, ProtectionKind, Protections, SlabBackend};
+pub use report::{
+    Backend, ProtectedMemory, ProtectionFailure, ProtectionKind, Protections, SlabBackend,
+};
 
 pub(crate) use buf::LockedBuf;
 pub(crate) use registers::wipe_vector_registers;

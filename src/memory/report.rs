@@ -112,6 +112,18 @@ impl fmt::Display for ProtectionKind {
     }
 }
 
+/// Which locked memory a [`ProtectionFailure`] is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ProtectedMemory {
+    /// The slab of epoch keys, allocated once when the cache is built.
+    KeySlab,
+    /// A scratch buffer that [`SealCache::with`](crate::SealCache::with)
+    /// opens secrets into, allocated the first time a secret of its size
+    /// finds no pooled buffer big enough.
+    ScratchBuffer,
+}
+
 /// A protection that was tried and not obtained.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
@@ -121,11 +133,44 @@ pub struct ProtectionFailure {
     /// The operating system's error number (`errno`), when a system call
     /// reported one.
     pub errno: Option<i32>,
+    /// The memory that did not get it.
+    pub memory: ProtectedMemory,
 }
 
 impl ProtectionFailure {
     pub(crate) const fn new(kind: ProtectionKind, errno: Option<i32>) -> Self {
-        Self { kind, errno }
+        Self {
+            kind,
+            errno,
+            memory: ProtectedMemory::KeySlab,
+        }
+    }
+
+    /// The same failure, of a `with` scratch buffer.
+    pub(crate) const fn in_scratch_buffer(self) -> Self {
+        Self {
+            memory: ProtectedMemory::ScratchBuffer,
+            ..self
+        }
+    }
+
+    /// What an operator can do about this failure: the kind's
+    /// [`remedy`](ProtectionKind::remedy), narrowed by the `errno` where it
+    /// tells the causes apart (`memfd_secret` refused for want of locked
+    /// memory, rather than missing from the kernel).
+    #[must_use]
+    pub fn remedy(&self) -> &'static str {
+        match (self.kind, self.errno) {
+            (ProtectionKind::MemfdSecret, Some(libc::ENOSYS)) => {
+                "boot with a kernel that has CONFIG_SECRETMEM=y (Linux >= 5.14; on 6.5+ it may \
+                 need secretmem.enable=1)"
+            }
+            (ProtectionKind::MemfdSecret, Some(libc::EAGAIN | libc::ENOMEM | libc::EPERM)) => {
+                "the kernel has memfd_secret, but its pages count as locked memory: raise \
+                 RLIMIT_MEMLOCK (ulimit -l, LimitMEMLOCK= in systemd) or grant CAP_IPC_LOCK"
+            }
+            (kind, _) => kind.remedy(),
+        }
     }
 }
 
@@ -156,7 +201,11 @@ fn errno_name(errno: i32) -> Option<&'static str> {
 
 impl fmt::Display for ProtectionFailure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} was not obtained", self.kind)?;
+        let whose = match self.memory {
+            ProtectedMemory::KeySlab => "",
+            ProtectedMemory::ScratchBuffer => " for a with() scratch buffer",
+        };
+        write!(f, "{} was not obtained{whose}", self.kind)?;
         if let Some(errno) = self.errno {
             let text = std::io::Error::from_raw_os_error(errno).to_string();
             let suffix = format!(" (os error {errno})");
@@ -166,7 +215,7 @@ impl fmt::Display for ProtectionFailure {
                 None => write!(f, " (errno {errno}: {text})")?,
             }
         }
-        write!(f, "; {}", self.kind.remedy())
+        write!(f, "; {}", self.remedy())
     }
 }
 
@@ -176,7 +225,10 @@ impl std::error::Error for ProtectionFailure {}
 ///
 /// A protection the platform refused is `false` here and listed, with its
 /// error number, in [`failures`](Self::failures); it is never silently
-/// claimed.
+/// claimed. Under [`Protection::BestEffort`](crate::Protection::BestEffort)
+/// a `with` scratch buffer that missed a protection turns it off here too
+/// (plaintext sits in those buffers): its failure says so in
+/// [`ProtectionFailure::memory`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Protections {
@@ -204,7 +256,8 @@ pub struct Protections {
     pub fork_detection: bool,
     /// The keys live in `memfd_secret(2)` memory.
     pub memfd_secret: bool,
-    /// Every protection that was tried and not obtained, with its `errno`.
+    /// Every protection that was tried and not obtained, with its `errno`
+    /// and the memory it was for (one entry per kind and memory).
     /// Includes a [`ProtectionKind::MemfdSecret`] entry when
     /// [`Backend::Auto`] fell back to locked anonymous memory.
     pub failures: Vec<ProtectionFailure>,
@@ -256,7 +309,9 @@ impl Protections {
             ProtectionKind::MemfdSecret => self.memfd_secret = false,
             ProtectionKind::Allocation => {}
         }
-        self.failures.push(failure);
+        if !self.failures.contains(&failure) {
+            self.failures.push(failure);
+        }
     }
 
     /// The recorded failure of `kind`, or one without an `errno` if none
@@ -276,7 +331,7 @@ pub(crate) fn failure_of(
         .iter()
         .find(|failure| failure.kind == kind)
         .copied()
-        .unwrap_or(ProtectionFailure { kind, errno: None })
+        .unwrap_or(ProtectionFailure::new(kind, None))
 }
 
 impl fmt::Display for Protections {
@@ -292,6 +347,11 @@ impl fmt::Display for Protections {
             on(self.canary),
             on(self.fork_wipe),
             on(self.fork_detection),
-        )
+        )?;
+        for (i, failure) in self.failures.iter().enumerate() {
+            let lead = if i == 0 { "; failed: " } else { "; " };
+            write!(f, "{lead}{failure}")?;
+        }
+        Ok(())
     }
 }

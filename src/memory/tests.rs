@@ -214,6 +214,57 @@ fn report_texts() {
             .to_string()
             .starts_with("memfd_secret was not obtained; boot with")
     );
+    // The remedy follows the errno where it tells the causes apart: a
+    // kernel without memfd_secret, or one that has it and no memlock room.
+    let missing = ProtectionFailure::new(ProtectionKind::MemfdSecret, Some(libc::ENOSYS));
+    assert!(
+        missing.remedy().starts_with("boot with a kernel"),
+        "{missing}"
+    );
+    assert!(!missing.remedy().contains("RLIMIT_MEMLOCK"), "{missing}");
+    for errno in [libc::EAGAIN, libc::ENOMEM, libc::EPERM] {
+        let no_room = ProtectionFailure::new(ProtectionKind::MemfdSecret, Some(errno));
+        assert!(
+            no_room.remedy().contains("raise RLIMIT_MEMLOCK"),
+            "{no_room}"
+        );
+        assert!(!no_room.remedy().contains("CONFIG_SECRETMEM"), "{no_room}");
+    }
+    let scratch =
+        ProtectionFailure::new(ProtectionKind::Mlock, Some(libc::ENOMEM)).in_scratch_buffer();
+    assert_eq!(scratch.memory, ProtectedMemory::ScratchBuffer);
+    assert!(
+        scratch
+            .to_string()
+            .starts_with("mlock was not obtained for a with() scratch buffer (ENOMEM: "),
+        "{scratch}"
+    );
+    // A report names what it did not get, and each failure once.
+    let mut report = Protections {
+        backend: SlabBackend::LockedAnonymous,
+        mlock: true,
+        no_dump: true,
+        guard_pages: true,
+        canary: true,
+        fork_wipe: true,
+        fork_detection: true,
+        memfd_secret: false,
+        failures: vec![ProtectionFailure::new(
+            ProtectionKind::MemfdSecret,
+            Some(libc::ENOSYS),
+        )],
+    };
+    report.mark_missing(scratch);
+    report.mark_missing(scratch);
+    assert_eq!(report.failures.len(), 2, "{:?}", report.failures);
+    assert!(!report.mlock);
+    assert_eq!(
+        report.to_string(),
+        format!(
+            "backend=locked_anonymous mlock=off no_dump=on guard_pages=on canary=on fork_wipe=on \
+             fork_detection=on; failed: {missing}; {scratch}"
+        )
+    );
     assert_eq!(Backend::default(), Backend::Auto);
     if !super::environment::require_memfd_secret("report_texts") {
         return;
