@@ -20,8 +20,9 @@ use zeroize::{Zeroize, ZeroizeOnDrop};
 /// look a secret up by another secret (a token by its value), key by a
 /// keyed hash of it (HMAC under a key of your own).
 ///
-/// Implemented for `str`, `String`, `[u8]`, `Vec<u8>`, `[u8; N]` and
-/// references to them.
+/// Implemented for `str`, `String`, `[u8]`, `Vec<u8>`, `[u8; N]`, the
+/// shared and boxed forms `Box`, `Arc` and `Rc` of `str` and `[u8]`,
+/// `Cow` of them, and references to all of these.
 pub trait CacheKey {
     /// The key's bytes.
     fn key_bytes(&self) -> &[u8];
@@ -52,6 +53,26 @@ impl<const N: usize> CacheKey for [u8; N] {
         self
     }
 }
+/// Keys held as `Box`, `Arc`, `Rc` or `Cow` of `str` or `[u8]`.
+macro_rules! key_through_deref {
+    ($($ty:ty),* $(,)?) => {$(
+        impl CacheKey for $ty {
+            fn key_bytes(&self) -> &[u8] {
+                (**self).key_bytes()
+            }
+        }
+    )*};
+}
+key_through_deref!(
+    Box<str>,
+    Box<[u8]>,
+    std::sync::Arc<str>,
+    std::sync::Arc<[u8]>,
+    std::rc::Rc<str>,
+    std::rc::Rc<[u8]>,
+    std::borrow::Cow<'_, str>,
+    std::borrow::Cow<'_, [u8]>,
+);
 impl<K: CacheKey + ?Sized> CacheKey for &K {
     fn key_bytes(&self) -> &[u8] {
         (**self).key_bytes()
@@ -59,8 +80,9 @@ impl<K: CacheKey + ?Sized> CacheKey for &K {
 }
 
 /// A secret to insert. Borrowed values are read and left to the caller;
-/// owned values (`Vec<u8>`, `String`, [`SecretBytes`]) are consumed and
-/// zeroized once sealed.
+/// owned values (`Vec<u8>`, `Box<[u8]>`, `String`, [`SecretBytes`], and
+/// `secrecy`'s `SecretBox` of anything zeroizable that is bytes, such as
+/// `SecretString`) are consumed and zeroized once sealed.
 pub trait SecretValue {
     /// Runs `f` on the plaintext, then wipes it if this value owns it.
     fn with_plaintext<R>(self, f: impl FnOnce(&[u8]) -> R) -> R;
@@ -105,6 +127,23 @@ struct WipeOnDrop(Vec<u8>);
 impl Drop for WipeOnDrop {
     fn drop(&mut self) {
         wipe_vec(&mut self.0);
+    }
+}
+impl SecretValue for Box<[u8]> {
+    fn with_plaintext<R>(self, f: impl FnOnce(&[u8]) -> R) -> R {
+        // No copy: a boxed slice becomes a vector of the same allocation.
+        self.into_vec().with_plaintext(f)
+    }
+}
+impl<S: Zeroize + AsRef<[u8]> + ?Sized> SecretValue for secrecy::SecretBox<S> {
+    fn with_plaintext<R>(self, f: impl FnOnce(&[u8]) -> R) -> R {
+        // `SecretBox` zeroizes its contents when dropped, here at the end.
+        f(self.expose_secret().as_ref())
+    }
+}
+impl<S: Zeroize + AsRef<[u8]> + ?Sized> SecretValue for &secrecy::SecretBox<S> {
+    fn with_plaintext<R>(self, f: impl FnOnce(&[u8]) -> R) -> R {
+        f(self.expose_secret().as_ref())
     }
 }
 impl SecretValue for String {

@@ -32,6 +32,45 @@ fn get(cache: &SealCache, key: &str) -> Option<Vec<u8>> {
         .map(|s| s.expose_secret().to_vec())
 }
 
+/// Keys name one entry whatever form holds their bytes (`&str`, `String`,
+/// `Arc<str>`, `Box<str>`, `Cow`, `Rc<[u8]>`), and secrets can be handed
+/// over as `secrecy` boxes, boxed slices and owned strings alike.
+#[test]
+fn keys_and_secrets_in_their_common_forms_name_and_fill_the_same_entries() {
+    use secrecy::{SecretBox, SecretString};
+    use std::borrow::Cow;
+    use std::rc::Rc;
+    let cache = cache_with(&ManualClock::new(), 10);
+    let shared: Arc<str> = Arc::from("db/password");
+    cache
+        .insert(&shared, SecretString::from("from a SecretString"))
+        .unwrap();
+    assert_eq!(get(&cache, "db/password").unwrap(), b"from a SecretString");
+    let boxed: Box<str> = "db/password".into();
+    cache
+        .insert(
+            &boxed,
+            SecretBox::new(Box::new(b"from a SecretBox".to_vec())),
+        )
+        .unwrap();
+    assert_eq!(cache.len(), 1, "the same entry, replaced");
+    let borrowed: Cow<'_, str> = Cow::Borrowed("db/password");
+    assert_eq!(
+        cache.get(&borrowed).unwrap().unwrap().expose_secret(),
+        b"from a SecretBox"
+    );
+    let bytes: Rc<[u8]> = Rc::from(&b"api/token"[..]);
+    let value: Box<[u8]> = Box::from(&b"from a boxed slice"[..]);
+    cache.insert(&bytes, value).unwrap();
+    let kept = SecretString::from("borrowed, kept by the caller");
+    cache.insert("api/other", &kept).unwrap();
+    assert_eq!(get(&cache, "api/token").unwrap(), b"from a boxed slice");
+    assert_eq!(
+        get(&cache, "api/other").unwrap(),
+        kept.expose_secret().as_bytes()
+    );
+}
+
 #[test]
 fn round_trips_secrets_of_every_size_through_get_and_with() {
     let clock = ManualClock::new();
