@@ -432,6 +432,9 @@ impl SealCache {
     /// The async form of [`get_or_try_load`](Self::get_or_try_load), with the
     /// same guarantees. The loader future is only polled by the one caller
     /// that leads the flight; waiting callers do not block executor threads.
+    /// Every call builds the future, hits included (a hit drops it
+    /// unpolled): put the work inside an `async` block, so that building it
+    /// costs only what the block captures.
     /// If the leading future is dropped before it finishes, a waiting caller
     /// takes over; one that is kept but no longer polled (parked in a
     /// `select!` that moved on, say) holds every caller of that key until it
