@@ -288,9 +288,9 @@ struct CapData {
     inheritable: u32,
 }
 
-/// Drops CAP_IPC_LOCK from this thread and sets RLIMIT_MEMLOCK to
-/// `limit` bytes, then proves that locking one page more than that fails.
-fn drop_memlock(limit: usize) {
+/// Removes capability `cap` (below 32) from this thread's effective,
+/// permitted and inheritable sets.
+fn drop_capability(cap: u32) {
     let mut header = CapHeader {
         version: CAPABILITY_VERSION_3,
         pid: 0,
@@ -300,13 +300,19 @@ fn drop_memlock(limit: usize) {
     // pointers are valid.
     let rc = unsafe { libc::syscall(libc::SYS_capget, &mut header, data.as_mut_ptr()) };
     assert_eq!(rc, 0, "capget");
-    let bit = 1u32 << CAP_IPC_LOCK;
+    let bit = 1u32 << cap;
     data[0].effective &= !bit;
     data[0].permitted &= !bit;
     data[0].inheritable &= !bit;
     // SAFETY: capset reads the header and two CapData structs.
     let rc = unsafe { libc::syscall(libc::SYS_capset, &mut header, data.as_ptr()) };
-    assert_eq!(rc, 0, "capset (drop CAP_IPC_LOCK)");
+    assert_eq!(rc, 0, "capset (drop capability {cap})");
+}
+
+/// Drops CAP_IPC_LOCK from this thread and sets RLIMIT_MEMLOCK to
+/// `limit` bytes, then proves that locking one page more than that fails.
+fn drop_memlock(limit: usize) {
+    drop_capability(CAP_IPC_LOCK);
     let rlimit = libc::rlimit {
         rlim_cur: limit as libc::rlim_t,
         rlim_max: limit as libc::rlim_t,
@@ -522,6 +528,128 @@ fn lowlock_child() {
     );
     forensics::send_value("best_effort_text", report);
     forensics::wait_for_parent();
+}
+
+const CAP_SYS_PTRACE: u32 = 19;
+
+/// Gives up CAP_SYS_PTRACE for this thread and for every process it
+/// starts: from the bounding set (root's capabilities come back at `exec`
+/// otherwise), and from the effective, permitted and inheritable sets.
+fn give_up_cap_sys_ptrace() {
+    // SAFETY: PR_CAPBSET_DROP takes a capability number and no pointer.
+    let rc = unsafe {
+        libc::prctl(
+            libc::PR_CAPBSET_DROP,
+            CAP_SYS_PTRACE as libc::c_ulong,
+            0,
+            0,
+            0,
+        )
+    };
+    if rc != 0 {
+        // Without CAP_SETPCAP (not root) the bounding set stays, and so
+        // does the rule: such a process has no CAP_SYS_PTRACE to give up.
+        let status = std::fs::read_to_string("/proc/thread-self/status").expect("status");
+        let permitted = status
+            .lines()
+            .find_map(|line| line.strip_prefix("CapPrm:"))
+            .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+            .expect("CapPrm");
+        assert_eq!(permitted & (1 << CAP_SYS_PTRACE), 0, "CAP_SYS_PTRACE kept");
+    }
+    drop_capability(CAP_SYS_PTRACE);
+}
+
+/// What a process of the same user without CAP_SYS_PTRACE gets from
+/// opening `/proc/PID/mem` and from `ptrace(PTRACE_SEIZE)`, for each child
+/// `test` runs in the given `roles`: `Ok` or the errno. The children are
+/// started by the prober's own thread after it gave CAP_SYS_PTRACE up, so
+/// they lack it too: the kernel also refuses a tracer whose capabilities
+/// are not a superset of its target's, and only dumpability may differ.
+fn access_without_cap_sys_ptrace(
+    test: &'static str,
+    roles: &'static [&'static str],
+) -> Vec<(Result<(), i32>, Result<(), i32>)> {
+    std::thread::spawn(move || {
+        give_up_cap_sys_ptrace();
+        let mut children: Vec<_> = roles
+            .iter()
+            .map(|role| forensics::spawn(test, role))
+            .collect();
+        let got = children
+            .iter_mut()
+            .map(|child| {
+                child.until_ready();
+                let pid = child.pid();
+                let mem = std::fs::File::open(format!("/proc/{pid}/mem"))
+                    .map(drop)
+                    .map_err(|err| err.raw_os_error().unwrap_or(0));
+                let target = libc::pid_t::try_from(pid).expect("pid");
+                // SAFETY: PTRACE_SEIZE takes a pid, no address and no data
+                // (options 0); it only changes kernel state. The child is
+                // let go when this thread ends.
+                let rc = unsafe {
+                    libc::ptrace(
+                        libc::PTRACE_SEIZE,
+                        target,
+                        std::ptr::null_mut::<libc::c_void>(),
+                        std::ptr::null_mut::<libc::c_void>(),
+                    )
+                };
+                let seize = if rc == 0 {
+                    Ok(())
+                } else {
+                    Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(0))
+                };
+                (mem, seize)
+            })
+            .collect();
+        children.into_iter().for_each(forensics::Spawned::finish_ok);
+        got
+    })
+    .join()
+    .expect("prober thread")
+}
+
+/// Whether Yama leaves a parent free to trace its own children
+/// (`ptrace_scope` 0 or 1, or no Yama at all).
+fn ptrace_of_children_allowed() -> bool {
+    std::fs::read_to_string("/proc/sys/kernel/yama/ptrace_scope")
+        .map_or(true, |scope| matches!(scope.trim(), "0" | "1"))
+}
+
+/// After `harden_process()`, a process of the same user without
+/// CAP_SYS_PTRACE can neither open its `/proc/PID/mem` nor attach to it
+/// with `ptrace`; the same prober can do both to an unhardened sibling
+/// (the control, so that a prober that can do nothing proves nothing).
+#[test]
+fn after_harden_process_a_same_user_process_cannot_read_or_trace_it() {
+    const TEST: &str = "after_harden_process_a_same_user_process_cannot_read_or_trace_it";
+    if let Some(role) = forensics::child_role() {
+        if role == "hardened" {
+            sealcache::harden_process().expect("harden_process");
+        }
+        let cache = SealCache::builder().build().expect("build");
+        cache
+            .insert("k", "a secret behind harden_process")
+            .expect("insert");
+        forensics::wait_for_parent();
+        return;
+    }
+    if !testing::require(
+        ptrace_of_children_allowed(),
+        TEST,
+        "ptrace of a child (Yama ptrace_scope 0 or 1)",
+    ) {
+        return;
+    }
+    let got = access_without_cap_sys_ptrace(TEST, &["plain", "hardened"]);
+    assert_eq!(got[0], (Ok(()), Ok(())), "control: the unhardened sibling");
+    assert_eq!(
+        got[1],
+        (Err(libc::EACCES), Err(libc::EPERM)),
+        "the hardened process"
+    );
 }
 
 // ---------------------------------------------------------------------------

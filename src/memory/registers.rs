@@ -1,12 +1,15 @@
 //! Clearing the vector registers after an AEAD call.
 //!
 //! ring's ChaCha20-Poly1305 assembly keeps the key in vector registers and
-//! does not clear them when it returns; glibc's `memcpy` moves buffers (ring
-//! copies its key structure with it) through `ymm16`–`ymm31`. Whatever a
-//! thread leaves there stays until other vector code overwrites it, and a
-//! core dump or `gcore` writes every thread's registers into the file: the
-//! forensics tests found the last 16 bytes of the last per-entry subkey
-//! there. [`wipe_vector_registers`] zeroes them.
+//! does not clear them when it returns. Whatever a thread leaves there
+//! stays until other vector code overwrites it, and a core dump or `gcore`
+//! writes every thread's registers into the file: the forensics tests found
+//! the last 16 bytes of the last per-entry subkey there, in the `ymm0`–
+//! `ymm15` that `vzeroall` clears (without it, `tests/forensics.rs` C5 and
+//! C6 fail). glibc's EVEX `memcpy` (AVX-512 CPUs; ring copies its key
+//! structure with it) moves data through `ymm16`–`ymm31`, which `vzeroall`
+//! does not reach; no test has found residue there, and they are zeroed as
+//! a precaution. [`wipe_vector_registers`] zeroes both sets.
 
 /// Zeroes the vector registers that can hold AEAD residue on this CPU:
 /// `ymm0`–`ymm15` (`vzeroall`; `xmm0`–`xmm15` without AVX) and, with
