@@ -74,9 +74,7 @@ impl fmt::Display for ValueProblem {
         f.write_str(match self {
             Self::Empty => "is empty",
             Self::NotUnicode => "is not valid Unicode",
-            Self::NotANumber => {
-                "is not a whole decimal number (digits only: no units, signs, spaces, `_` or `.`)"
-            }
+            Self::NotANumber => "is not a whole decimal number (no units, spaces, `_` or `.`)",
             Self::Negative => "is negative",
             Self::Zero => "is zero",
             Self::Overflow => "is too large to represent",

@@ -74,14 +74,71 @@ impl<E: fmt::Display> fmt::Display for LoadError<E> {
     }
 }
 
-/// An error for any loader error that can be printed, so `?` turns it into
-/// an `anyhow::Error` or a `Box<dyn Error + Send + Sync>` even when the
-/// loader's own error is one of those (neither implements
-/// `std::error::Error` itself). No source: the message already holds the
-/// cache's or the loader's error, and a reporter that walks the chain
-/// would print it twice. Match [`LoadError::Loader`] to reach the loader's
-/// error.
-impl<E: fmt::Debug + fmt::Display> std::error::Error for LoadError<E> {}
+/// The loader's error is shown, not linked: its message is part of this
+/// one, and [`source`](std::error::Error::source) continues with the loader
+/// error's own source, so a reporter that walks the chain (`anyhow`'s
+/// `{:#}`, `eyre`) prints each message once and every cause stays
+/// reachable. Match [`LoadError::Loader`] to reach the loader's error
+/// itself (to downcast it, say). For a loader error that is not a
+/// `std::error::Error` (`anyhow::Error`, `Box<dyn Error + Send + Sync>`),
+/// see [`LoadError::boxed`].
+impl<E: std::error::Error + 'static> std::error::Error for LoadError<E> {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::Loader(err) => err.source(),
+            Self::Cache(_) | Self::LoaderPanicked | Self::Reentrant => None,
+        }
+    }
+}
+
+/// What `?` can pass on from any loader.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+impl<E> LoadError<E>
+where
+    E: AsRef<dyn std::error::Error + Send + Sync + 'static>
+        + fmt::Debug
+        + fmt::Display
+        + Send
+        + Sync
+        + 'static,
+{
+    /// This error as a [`BoxError`], for a loader whose error type is not
+    /// itself a `std::error::Error` (`anyhow::Error`, or a boxed error), so
+    /// that `?` can pass it on: `.map_err(LoadError::boxed)?`. Its message
+    /// and sources are this error's, as for a loader error that is one.
+    #[must_use]
+    pub fn boxed(self) -> BoxError {
+        Box::new(Boxed(self))
+    }
+}
+
+/// A [`LoadError`] of a loader error that is only viewable as an error.
+struct Boxed<E>(LoadError<E>);
+
+impl<E: fmt::Debug> fmt::Debug for Boxed<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl<E: fmt::Display> fmt::Display for Boxed<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl<E> std::error::Error for Boxed<E>
+where
+    E: AsRef<dyn std::error::Error + Send + Sync + 'static> + fmt::Debug + fmt::Display,
+{
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match &self.0 {
+            LoadError::Loader(err) => (**err).as_ref().source(),
+            _ => None,
+        }
+    }
+}
 
 impl<E> From<Error> for LoadError<E> {
     fn from(err: Error) -> Self {

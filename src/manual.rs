@@ -55,7 +55,8 @@
 //! panics: it keeps its deadlines and reads the clock again a second later
 //! (`tests/cache.rs::a_clock_that_panics_once_does_not_stop_the_reaper`).
 //! A clock that keeps panicking cannot keep keys past their deadlines: at
-//! the third failed reading in a row (about two seconds with no traffic)
+//! the third failed reading in a row, once the failures span a second
+//! (about two seconds after the clock broke, with or without traffic),
 //! the reaper wipes every key, every entry becomes a miss, and it goes on
 //! wiping whatever keys appear until the clock works again
 //! (`tests/cache.rs::a_clock_that_keeps_panicking_makes_the_reaper_wipe_every_key`).

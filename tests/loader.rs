@@ -9,7 +9,7 @@ use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::Duration;
 
-use sealcache::{ExposeSecret, LoadError, ManualClock, SealCache};
+use sealcache::{BoxError, ExposeSecret, LoadError, ManualClock, SealCache};
 
 const TTL: Duration = Duration::from_secs(60);
 
@@ -283,22 +283,64 @@ fn chain(err: &(dyn std::error::Error + 'static)) -> Vec<String> {
         .collect()
 }
 
-/// A loader whose error type is not itself a `std::error::Error` (a boxed
-/// error, or `anyhow::Error`) can still `?` its `LoadError` into a boxed
-/// error, and an error chain prints each message once, for loader errors
-/// and for the cache's own wrapped errors (`Error::Config`).
+/// A database error with a cause, as real ones have.
+#[derive(Debug)]
+struct FetchFailed(std::io::Error);
+
+impl std::fmt::Display for FetchFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("fetching db/password")
+    }
+}
+
+impl std::error::Error for FetchFailed {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.0)
+    }
+}
+
+fn refused() -> FetchFailed {
+    FetchFailed(std::io::Error::new(
+        std::io::ErrorKind::ConnectionRefused,
+        "connection refused",
+    ))
+}
+
+/// A load error passes through `?` into a boxed error (or `anyhow`), with
+/// every message of the loader error's chain printed once and its causes
+/// still reachable: directly when the loader's error is a
+/// `std::error::Error`, through `LoadError::boxed` when it is a boxed
+/// error (or an `anyhow::Error`), which is not one. The cache's own wrapped
+/// errors (`Error::Config`) print once too.
 #[test]
-fn load_errors_of_any_printable_type_propagate_with_question_mark_and_print_once() {
-    type BoxError = Box<dyn std::error::Error + Send + Sync>;
+fn load_errors_pass_through_question_mark_with_each_message_once_and_their_causes() {
     let cache = cache(&ManualClock::new());
-    let load = |cache: &SealCache| -> Result<(), BoxError> {
-        cache.get_or_try_load("db/password", || -> Result<Option<&str>, BoxError> {
-            Err("connection refused".into())
+    let typed = |cache: &SealCache| -> Result<(), BoxError> {
+        cache.get_or_try_load("db/password", || -> Result<Option<&str>, FetchFailed> {
+            Err(refused())
         })?;
         Ok(())
     };
-    let err = load(&cache).unwrap_err();
-    assert_eq!(chain(&*err), ["loader failed: connection refused"]);
+    let boxed = |cache: &SealCache| -> Result<(), BoxError> {
+        cache
+            .get_or_try_load("db/password", || -> Result<Option<&str>, BoxError> {
+                Err(Box::new(refused()))
+            })
+            .map_err(LoadError::boxed)?;
+        Ok(())
+    };
+    for err in [typed(&cache).unwrap_err(), boxed(&cache).unwrap_err()] {
+        assert_eq!(
+            chain(&*err),
+            ["loader failed: fetching db/password", "connection refused"]
+        );
+        let cause = std::iter::successors(Some(&*err as &dyn std::error::Error), |e| e.source())
+            .find_map(|e| e.downcast_ref::<std::io::Error>());
+        assert_eq!(
+            cause.map(std::io::Error::kind),
+            Some(std::io::ErrorKind::ConnectionRefused)
+        );
+    }
     let invalid = SealCache::builder()
         .ttl(Duration::ZERO)
         .build()
@@ -311,7 +353,7 @@ fn load_errors_of_any_printable_type_propagate_with_question_mark_and_print_once
         messages[0].starts_with("invalid configuration: "),
         "{messages:?}"
     );
-    let cache_failure: LoadError<BoxError> = sealcache::Error::Forked.into();
+    let cache_failure: LoadError<FetchFailed> = sealcache::Error::Forked.into();
     assert_eq!(chain(&cache_failure).len(), 1);
 }
 

@@ -165,9 +165,15 @@ impl ProtectionFailure {
                 "boot with a kernel that has CONFIG_SECRETMEM=y (Linux >= 5.14; on 6.5+ it may \
                  need secretmem.enable=1)"
             }
-            (ProtectionKind::MemfdSecret, Some(libc::EAGAIN | libc::ENOMEM | libc::EPERM)) => {
+            (ProtectionKind::MemfdSecret, Some(libc::EPERM)) => {
+                "the memfd_secret system call was refused, most likely by a seccomp profile (as \
+                 container runtimes install) or a security module: allow it there, or choose \
+                 Backend::LockedAnonymous"
+            }
+            (ProtectionKind::MemfdSecret, Some(libc::EAGAIN | libc::ENOMEM)) => {
                 "the kernel has memfd_secret, but its pages count as locked memory: raise \
-                 RLIMIT_MEMLOCK (ulimit -l, LimitMEMLOCK= in systemd) or grant CAP_IPC_LOCK"
+                 RLIMIT_MEMLOCK (ulimit -l, LimitMEMLOCK= in systemd) or grant CAP_IPC_LOCK \
+                 (ENOMEM can also mean the address space or vm.max_map_count ran out)"
             }
             (kind, _) => kind.remedy(),
         }

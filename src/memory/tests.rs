@@ -222,7 +222,10 @@ fn report_texts() {
         "{missing}"
     );
     assert!(!missing.remedy().contains("RLIMIT_MEMLOCK"), "{missing}");
-    for errno in [libc::EAGAIN, libc::ENOMEM, libc::EPERM] {
+    let refused = ProtectionFailure::new(ProtectionKind::MemfdSecret, Some(libc::EPERM));
+    assert!(refused.remedy().contains("seccomp"), "{refused}");
+    assert!(!refused.remedy().contains("RLIMIT_MEMLOCK"), "{refused}");
+    for errno in [libc::EAGAIN, libc::ENOMEM] {
         let no_room = ProtectionFailure::new(ProtectionKind::MemfdSecret, Some(errno));
         assert!(
             no_room.remedy().contains("raise RLIMIT_MEMLOCK"),
