@@ -21,7 +21,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use forensics::{Kind, NEEDLE_LEN, Needles, Scan};
-use sealcache::{Backend, ExposeSecret, ManualClock, SealCache, testing};
+use sealcache::{Backend, ExposeSecret, ManualClock, SealCache, SecretBytes, testing};
 use zeroize::Zeroize;
 
 /// Secrets per child.
@@ -91,15 +91,15 @@ fn run_child(role: &str) {
     forensics::send_hex("marker", &marker);
     let mut fingerprints = Vec::with_capacity(N);
     let names: Vec<String> = (0..N).map(|i| format!("secret-{i:03}")).collect();
-    // Every other secret goes in as an owned vector, which `insert` must
-    // wipe once sealed. All of them are allocated before the first insert,
-    // so each has its own heap chunk: a freed, unwiped one is not handed
-    // straight to the next vector and overwritten.
-    let mut owned: Vec<Vec<u8>> = (0..N / 2)
-        .map(|_| {
-            let mut secret = vec![0u8; SECRET_LEN];
-            forensics::random_secret(&mut secret);
-            secret
+    // Every other secret goes in as an owned value, which `insert` must
+    // wipe once sealed, in each of the forms of [`Owned`]. All of them are
+    // allocated before the first insert, so each has its own heap chunk: a
+    // freed, unwiped one is not handed straight to the next value and
+    // overwritten.
+    let mut owned: Vec<(Owned, Vec<u8>)> = (0..N / 2)
+        .map(|i| {
+            let form = Owned::ALL[i % Owned::ALL.len()];
+            (form, form.random_secret())
         })
         .collect();
     // Two epochs: half the secrets at t = 0, half at t = 15 s.
@@ -108,8 +108,8 @@ fn run_child(role: &str) {
             clock.advance(EPOCH);
         }
         if i % 2 == 0 {
-            let secret = owned.pop().expect("one owned secret per even index");
-            insert_owned(&cache, name, secret, &mut fingerprints);
+            let (form, secret) = owned.pop().expect("one owned secret per even index");
+            insert_owned(&cache, name, form, secret, &mut fingerprints);
         } else {
             insert_random(&cache, name, &mut fingerprints);
         }
@@ -179,12 +179,76 @@ fn insert_random(cache: &SealCache, name: &str, fingerprints: &mut Vec<u64>) {
     secret.zeroize();
 }
 
-/// Inserts `secret`, an owned vector the cache consumes and must wipe, and
-/// sends it to the parent first.
-fn insert_owned(cache: &SealCache, name: &str, secret: Vec<u8>, fingerprints: &mut Vec<u64>) {
+/// The owned forms a secret is inserted in. Each is consumed by `insert`,
+/// which must wipe it once sealed, spare capacity included.
+#[derive(Clone, Copy)]
+enum Owned {
+    /// A `Vec` with no spare capacity.
+    Exact,
+    /// A `Vec` whose spare capacity holds a copy of the secret's end.
+    Spare,
+    /// A [`SecretBytes`] made from a `Vec` like [`Owned::Spare`]'s, which
+    /// `From` copies into an exact buffer (wiping the vector) and `insert`
+    /// takes by value.
+    SecretBytesFromSpare,
+    /// A `Box<[u8]>`.
+    Boxed,
+}
+
+impl Owned {
+    const ALL: [Self; 4] = [
+        Self::Exact,
+        Self::Spare,
+        Self::SecretBytesFromSpare,
+        Self::Boxed,
+    ];
+
+    /// The capacity of this form's vector. A spare capacity holds a copy of
+    /// the secret's last [`NEEDLE_LEN`] bytes (what the parent looks for),
+    /// as a vector that held a longer value before it was truncated would.
+    /// The two forms with spare capacity each have a heap size class of
+    /// their own, which nothing else the child allocates uses (96 bytes
+    /// would share one with sealed 48-byte secrets, and the next insert
+    /// would overwrite the freed vector, wiped or not). glibc keeps up to 7
+    /// freed buffers of each class in a per-thread cache for requests of
+    /// that class alone, so several of each form survive to be scanned.
+    fn capacity(self) -> usize {
+        match self {
+            Self::Exact | Self::Boxed => SECRET_LEN,
+            Self::Spare => SECRET_LEN + NEEDLE_LEN,
+            Self::SecretBytesFromSpare => 4 * SECRET_LEN,
+        }
+    }
+
+    /// A fresh random secret in a vector of this form's capacity.
+    fn random_secret(self) -> Vec<u8> {
+        let mut secret = vec![0u8; self.capacity()];
+        forensics::random_secret(&mut secret[..SECRET_LEN]);
+        if secret.len() > SECRET_LEN {
+            secret.copy_within(SECRET_LEN - NEEDLE_LEN..SECRET_LEN, SECRET_LEN);
+            secret.truncate(SECRET_LEN);
+        }
+        secret
+    }
+}
+
+/// Inserts `secret`, an owned vector the cache consumes (in `form`) and
+/// must wipe, and sends it to the parent first.
+fn insert_owned(
+    cache: &SealCache,
+    name: &str,
+    form: Owned,
+    secret: Vec<u8>,
+    fingerprints: &mut Vec<u64>,
+) {
     fingerprints.push(forensics::fingerprint(&secret));
     forensics::send_hex("plain", &secret[SECRET_LEN - NEEDLE_LEN..]);
-    cache.insert(name, secret).expect("insert");
+    match form {
+        Owned::Exact | Owned::Spare => cache.insert(name, secret),
+        Owned::SecretBytesFromSpare => cache.insert(name, SecretBytes::from(secret)),
+        Owned::Boxed => cache.insert(name, secret.into_boxed_slice()),
+    }
+    .expect("insert");
 }
 
 /// Sends every live epoch key to the parent from a helper thread that wipes
