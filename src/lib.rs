@@ -55,6 +55,10 @@
 //!   and open, which `tests/forensics.rs` verifies by scanning the process;
 //!   what the compiler keeps in registers or spills elsewhere is not
 //!   guaranteed.
+//! - A dump, root's read of memory or a `fork()` taken while a thread is
+//!   inside a seal or open: that thread's stack and registers hold the
+//!   entry's subkey and, while it is derived, the epoch key (THREAT_MODEL.md,
+//!   L2).
 //!
 //! Out of scope: process-wide hardening the library must not impose
 //! (dumpability, core limits: see the opt-in [`harden_process`]), swap and

@@ -1,6 +1,6 @@
 //! Memory-forensics tests: a parent process reads a child's memory from
 //! outside (`/proc/CHILD/mem`, `gcore`, a kernel core dump) and counts the
-//! child's secrets and epoch keys it finds. Claims C1–C6, L1 and C13 of
+//! child's secrets and epoch keys it finds. Claims C1–C6, L1, L2 and C13 of
 //! THREAT_MODEL.md.
 //!
 //! Each test re-executes this binary as a child (see `forensics/mod.rs`).
@@ -18,10 +18,11 @@ mod forensics;
 
 use std::path::Path;
 use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use forensics::{Kind, NEEDLE_LEN, Needles, Scan};
-use sealcache::{Backend, ExposeSecret, ManualClock, SealCache, testing};
+use sealcache::{Backend, ExposeSecret, ManualClock, SealCache, SecretBytes, testing};
 use zeroize::Zeroize;
 
 /// Secrets per child.
@@ -62,11 +63,14 @@ fn backend_named(name: &str) -> Backend {
     }
 }
 
-/// Runs the child side: `role` is `<backend>:<read>:<finish>`.
+/// Runs the child side: `role` is `<backend>:<read>:<finish>`, or
+/// `<backend>:<read>:<finish>:busy` for a child whose [`WORKERS`] threads
+/// keep reading its entries while the parent looks (see [`under_traffic`]).
 fn run_child(role: &str) {
     let parts: Vec<&str> = role.split(':').collect();
     let backend = backend_named(parts[0]);
     let read_back = parts[1] == "read";
+    let busy = parts.get(3) == Some(&"busy");
     let finish = match parts[2] {
         "block" => Finish::Block,
         "expire" => Finish::Expire,
@@ -91,15 +95,15 @@ fn run_child(role: &str) {
     forensics::send_hex("marker", &marker);
     let mut fingerprints = Vec::with_capacity(N);
     let names: Vec<String> = (0..N).map(|i| format!("secret-{i:03}")).collect();
-    // Every other secret goes in as an owned vector, which `insert` must
-    // wipe once sealed. All of them are allocated before the first insert,
-    // so each has its own heap chunk: a freed, unwiped one is not handed
-    // straight to the next vector and overwritten.
-    let mut owned: Vec<Vec<u8>> = (0..N / 2)
-        .map(|_| {
-            let mut secret = vec![0u8; SECRET_LEN];
-            forensics::random_secret(&mut secret);
-            secret
+    // Every other secret goes in as an owned value, which `insert` must
+    // wipe once sealed, in each of the forms of [`Owned`]. All of them are
+    // allocated before the first insert, so each has its own heap chunk: a
+    // freed, unwiped one is not handed straight to the next value and
+    // overwritten.
+    let mut owned: Vec<(Owned, Vec<u8>)> = (0..N / 2)
+        .map(|i| {
+            let form = Owned::ALL[i % Owned::ALL.len()];
+            (form, form.random_secret())
         })
         .collect();
     // Two epochs: half the secrets at t = 0, half at t = 15 s.
@@ -108,8 +112,8 @@ fn run_child(role: &str) {
             clock.advance(EPOCH);
         }
         if i % 2 == 0 {
-            let secret = owned.pop().expect("one owned secret per even index");
-            insert_owned(&cache, name, secret, &mut fingerprints);
+            let (form, secret) = owned.pop().expect("one owned secret per even index");
+            insert_owned(&cache, name, form, secret, &mut fingerprints);
         } else {
             insert_random(&cache, name, &mut fingerprints);
         }
@@ -160,9 +164,16 @@ fn run_child(role: &str) {
     // the parent cannot see for itself that it was wiped.
     forensics::send_value("slab_zero", testing::slab_is_zero(&cache));
     forensics::send_value("protections", cache.protections());
-    forensics::wait_for_parent();
-    if finish == Finish::Abort {
-        std::process::abort();
+    let let_parent_look = || {
+        forensics::wait_for_parent();
+        if finish == Finish::Abort {
+            std::process::abort();
+        }
+    };
+    if busy {
+        under_traffic(&cache, &names, &fingerprints, let_parent_look);
+    } else {
+        let_parent_look();
     }
     std::hint::black_box(&marker);
     drop(cache);
@@ -179,12 +190,134 @@ fn insert_random(cache: &SealCache, name: &str, fingerprints: &mut Vec<u64>) {
     secret.zeroize();
 }
 
-/// Inserts `secret`, an owned vector the cache consumes and must wipe, and
-/// sends it to the parent first.
-fn insert_owned(cache: &SealCache, name: &str, secret: Vec<u8>, fingerprints: &mut Vec<u64>) {
+/// The owned forms a secret is inserted in. Each is consumed by `insert`,
+/// which must wipe it once sealed, spare capacity included.
+#[derive(Clone, Copy)]
+enum Owned {
+    /// A `Vec` with no spare capacity.
+    Exact,
+    /// A `Vec` whose spare capacity holds a copy of the secret's end.
+    Spare,
+    /// A [`SecretBytes`] made from a `Vec` like [`Owned::Spare`]'s, which
+    /// `From` copies into an exact buffer (wiping the vector) and `insert`
+    /// takes by value.
+    SecretBytesFromSpare,
+    /// A `Box<[u8]>`.
+    Boxed,
+}
+
+impl Owned {
+    const ALL: [Self; 4] = [
+        Self::Exact,
+        Self::Spare,
+        Self::SecretBytesFromSpare,
+        Self::Boxed,
+    ];
+
+    /// The capacity of this form's vector. A spare capacity holds a copy of
+    /// the secret's last [`NEEDLE_LEN`] bytes (what the parent looks for),
+    /// as a vector that held a longer value before it was truncated would.
+    /// The two forms with spare capacity each have a heap size class of
+    /// their own, which nothing else the child allocates uses (96 bytes
+    /// would share one with sealed 48-byte secrets, and the next insert
+    /// would overwrite the freed vector, wiped or not). glibc keeps up to 7
+    /// freed buffers of each class in a per-thread cache for requests of
+    /// that class alone, so several of each form survive to be scanned.
+    fn capacity(self) -> usize {
+        match self {
+            Self::Exact | Self::Boxed => SECRET_LEN,
+            Self::Spare => SECRET_LEN + NEEDLE_LEN,
+            Self::SecretBytesFromSpare => 4 * SECRET_LEN,
+        }
+    }
+
+    /// A fresh random secret in a vector of this form's capacity.
+    fn random_secret(self) -> Vec<u8> {
+        let mut secret = vec![0u8; self.capacity()];
+        forensics::random_secret(&mut secret[..SECRET_LEN]);
+        if secret.len() > SECRET_LEN {
+            secret.copy_within(SECRET_LEN - NEEDLE_LEN..SECRET_LEN, SECRET_LEN);
+            secret.truncate(SECRET_LEN);
+        }
+        secret
+    }
+}
+
+/// Inserts `secret`, an owned vector the cache consumes (in `form`) and
+/// must wipe, and sends it to the parent first.
+fn insert_owned(
+    cache: &SealCache,
+    name: &str,
+    form: Owned,
+    secret: Vec<u8>,
+    fingerprints: &mut Vec<u64>,
+) {
     fingerprints.push(forensics::fingerprint(&secret));
     forensics::send_hex("plain", &secret[SECRET_LEN - NEEDLE_LEN..]);
-    cache.insert(name, secret).expect("insert");
+    match form {
+        Owned::Exact | Owned::Spare => cache.insert(name, secret),
+        Owned::SecretBytesFromSpare => cache.insert(name, SecretBytes::from(secret)),
+        Owned::Boxed => cache.insert(name, secret.into_boxed_slice()),
+    }
+    .expect("insert");
+}
+
+/// Worker threads of a busy child: the most entries a dump of it may
+/// expose, one in flight per worker.
+const WORKERS: usize = 2;
+
+/// Runs `let_parent_look` while [`WORKERS`] threads read the entries in a
+/// loop, each with `get` and then `with`, and check what they read against
+/// its fingerprint; worker `w` reads entries `w`, `w + WORKERS`, and so on.
+/// The parent is told the child is ready only after `2 × N` reads between
+/// them (each worker's entries about twice over), so entries have been
+/// opened, and their subkeys wiped, by threads that are still running.
+fn under_traffic(
+    cache: &SealCache,
+    names: &[String],
+    fingerprints: &[u64],
+    let_parent_look: impl FnOnce(),
+) {
+    let stop = AtomicBool::new(false);
+    let reads = AtomicUsize::new(0);
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..WORKERS)
+            .map(|worker| {
+                let (stop, reads) = (&stop, &reads);
+                std::thread::Builder::new()
+                    .name(format!("worker-{worker}"))
+                    .spawn_scoped(scope, move || {
+                        let mine = names.iter().zip(fingerprints).skip(worker);
+                        for (name, want) in mine.step_by(WORKERS).cycle() {
+                            if stop.load(Ordering::Relaxed) {
+                                break;
+                            }
+                            let secret = cache.get(name).expect("get").expect("live");
+                            assert_eq!(forensics::fingerprint(secret.expose_secret()), *want);
+                            drop(secret);
+                            let seen = cache
+                                .with(name, forensics::fingerprint)
+                                .expect("with")
+                                .expect("live");
+                            assert_eq!(seen, *want);
+                            reads.fetch_add(1, Ordering::Relaxed);
+                        }
+                    })
+                    .expect("spawn worker")
+            })
+            .collect();
+        while reads.load(Ordering::Relaxed) < 2 * names.len() {
+            assert!(
+                !workers
+                    .iter()
+                    .any(std::thread::ScopedJoinHandle::is_finished),
+                "a worker stopped"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let_parent_look();
+        stop.store(true, Ordering::Relaxed);
+    });
 }
 
 /// Sends every live epoch key to the parent from a helper thread that wipes
@@ -515,42 +648,170 @@ fn gcore(pid: u32, dir: &Path) -> std::path::PathBuf {
     path
 }
 
+/// How a core test dumps its child.
+#[derive(Clone, Copy)]
+enum Dump {
+    /// `gcore` (gdb) of the running child.
+    Gcore,
+    /// The kernel's core file of the child, which calls `abort()` (its
+    /// roles must finish with `abort`).
+    KernelOnAbort,
+}
+
+/// The body of a core test: in the child, plays its role; in the parent,
+/// where the machine can take `dump`s, dumps a child in each of `roles`
+/// (those the kernel supports) and lets `check` judge the core's scan.
+fn core_test(test: &str, dump: Dump, roles: &[&str], check: impl Fn(&str, &Scan, &Observed)) {
+    if let Some(role) = forensics::child_role() {
+        return run_child(&role);
+    }
+    let can_dump = match dump {
+        Dump::Gcore => gcore_installed(test),
+        Dump::KernelOnAbort => core_files_written_here(test),
+    };
+    if !can_dump {
+        return;
+    }
+    for role in available_roles(test, roles) {
+        let (observed, scan) = match dump {
+            Dump::Gcore => scan_gcore_of(test, role),
+            Dump::KernelOnAbort => scan_kernel_core_of(test, role),
+        };
+        check(role, &scan, &observed);
+    }
+}
+
+/// Runs a child in `role`, dumps it with `gcore` once it is ready, lets it
+/// finish and scans the core, which must hold the child's heap marker.
+fn scan_gcore_of(test: &str, role: &str) -> (Observed, Scan) {
+    let dir = forensics::temp_dir("gcore");
+    let mut child = forensics::spawn(test, role);
+    let observed = observe(&mut child);
+    let core = gcore(child.pid(), &dir);
+    child.finish_ok();
+    let scan = forensics::scan_file(&core, &observed.needles);
+    std::fs::remove_dir_all(&dir).expect("remove core dir");
+    assert_core_holds_the_heap(test, role, &scan, &observed);
+    (observed, scan)
+}
+
+/// Runs a child in `role` (which must finish with `abort`) in a fresh
+/// directory, releases it once it is ready and scans the core file the
+/// kernel writes there, which must hold the child's heap marker.
+fn scan_kernel_core_of(test: &str, role: &str) -> (Observed, Scan) {
+    let pattern = std::fs::read_to_string("/proc/sys/kernel/core_pattern").expect("core_pattern");
+    let stem = pattern.trim().split('%').next().unwrap_or("core");
+    let dir = forensics::temp_dir("kcore");
+    let mut child = forensics::spawn_in(test, role, Some(&dir));
+    let observed = observe(&mut child);
+    child.release();
+    let (status, err, _) = child.wait();
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(status.signal(), Some(libc::SIGABRT), "{status:?}\n{err}");
+    assert!(
+        status.core_dumped(),
+        "the kernel did not dump core: {status:?}"
+    );
+    let core = std::fs::read_dir(&dir)
+        .expect("read dir")
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(stem))
+        })
+        .unwrap_or_else(|| panic!("no core file in {}", dir.display()));
+    let scan = forensics::scan_file(&core, &observed.needles);
+    std::fs::remove_dir_all(&dir).expect("remove core dir");
+    assert_core_holds_the_heap(test, role, &scan, &observed);
+    (observed, scan)
+}
+
+/// Reports a core's scan and asserts it is a real dump of the child: big
+/// enough, and holding the marker the child keeps on its heap.
+fn assert_core_holds_the_heap(test: &str, role: &str, scan: &Scan, observed: &Observed) {
+    report(test, scan, observed);
+    assert!(scan.bytes > 1 << 20, "core file too small: {}", scan.bytes);
+    assert!(
+        scan.found(Kind::Marker) >= 1,
+        "{role}: the core lacks the marker the child keeps on its heap \
+         (check /proc/self/coredump_filter): finding nothing in it proves nothing"
+    );
+}
+
+/// Asserts a core of a child at rest holds no epoch key, no plaintext and
+/// no subkey.
+fn assert_core_holds_nothing(role: &str, scan: &Scan) {
+    assert_eq!(scan.found(Kind::Key), 0, "{role}: {}", scan.describe());
+    assert_eq!(
+        scan.found(Kind::Plaintext),
+        0,
+        "{role}: {}",
+        scan.describe()
+    );
+    assert_eq!(scan.found(Kind::Subkey), 0, "{role}: {}", scan.describe());
+}
+
+/// Asserts a core of a busy child (see [`under_traffic`]) holds secrets of
+/// at most [`WORKERS`] entries and at most [`WORKERS`] epoch keys: what the
+/// workers held when the dump stopped them, each inside one `get` or
+/// `with`. A worker holds the subkey of the entry it is opening (on its
+/// stack, in its saved registers), or the plaintext (in the `SecretBytes`
+/// it reads), and, while it derives the subkey, the epoch key (HChaCha20's
+/// state holds the key until its first round mixes it). Any other entry
+/// or key found would be residue of a call that had finished.
+fn assert_core_holds_only_what_is_in_flight(
+    test: &str,
+    role: &str,
+    scan: &Scan,
+    observed: &Observed,
+) {
+    let needles = &observed.needles;
+    let keys = needles.sources_found(scan, Kind::Key);
+    let subkeys = needles.sources_found(scan, Kind::Subkey);
+    let plaintexts = needles.sources_found(scan, Kind::Plaintext);
+    let entries: std::collections::BTreeSet<usize> = subkeys.union(&plaintexts).copied().collect();
+    let found = format!(
+        "epoch keys {keys:?}, subkeys of entries {subkeys:?}, plaintexts of entries {plaintexts:?}"
+    );
+    eprintln!("[{test}] {role}: {found}");
+    assert!(
+        entries.len() <= WORKERS && keys.len() <= WORKERS,
+        "{role}: more than the {WORKERS} entries and keys in flight: {found}\n{}",
+        scan.describe()
+    );
+}
+
 /// `gcore` (gdb) of a live child with 200 secrets read back and keys live:
 /// the core holds no epoch key (MADV_DONTDUMP / memfd_secret) and no
 /// plaintext, on both backends.
 #[test]
 fn gcore_of_a_live_process_holds_no_epoch_key() {
     const TEST: &str = "gcore_of_a_live_process_holds_no_epoch_key";
-    if let Some(role) = forensics::child_role() {
-        return run_child(&role);
-    }
-    if !gcore_installed(TEST) {
-        return;
-    }
-    for role in available_roles(TEST, &["anon:read:block", "memfd:read:block"]) {
-        let dir = forensics::temp_dir("gcore");
-        let mut child = forensics::spawn(TEST, role);
-        let observed = observe(&mut child);
-        let core = gcore(child.pid(), &dir);
-        let scan = forensics::scan_file(&core, &observed.needles);
-        report(TEST, &scan, &observed);
-        assert!(scan.bytes > 1 << 20, "core file too small: {}", scan.bytes);
-        assert!(
-            scan.found(Kind::Marker) >= 1,
-            "{role}: the core lacks the marker the child keeps on its heap \
-             (check /proc/self/coredump_filter): finding nothing in it proves nothing"
-        );
-        assert_eq!(scan.found(Kind::Key), 0, "{role}: {}", scan.describe());
-        assert_eq!(
-            scan.found(Kind::Plaintext),
-            0,
-            "{role}: {}",
-            scan.describe()
-        );
-        assert_eq!(scan.found(Kind::Subkey), 0, "{role}: {}", scan.describe());
-        child.finish_ok();
-        std::fs::remove_dir_all(&dir).expect("remove core dir");
-    }
+    core_test(
+        TEST,
+        Dump::Gcore,
+        &["anon:read:block", "memfd:read:block"],
+        |role, scan, _| assert_core_holds_nothing(role, scan),
+    );
+}
+
+/// `gcore` of a child whose two worker threads read its 200 entries in a
+/// loop (`get`, then `with`) while it is dumped: subkeys and plaintexts of
+/// at most two entries and at most two epoch keys, the ones in flight, on
+/// both backends (L2 in THREAT_MODEL.md, the limit of C4–C6). Without the
+/// stack wipe after each seal/open, the subkeys of entries read earlier
+/// stay in dead frames and this fails.
+#[test]
+fn gcore_of_a_busy_process_holds_only_the_keys_and_entries_in_flight() {
+    const TEST: &str = "gcore_of_a_busy_process_holds_only_the_keys_and_entries_in_flight";
+    core_test(
+        TEST,
+        Dump::Gcore,
+        &["anon:none:block:busy", "memfd:none:block:busy"],
+        |role, scan, observed| assert_core_holds_only_what_is_in_flight(TEST, role, scan, observed),
+    );
 }
 
 /// The kernel's own core dump of a child that calls `abort()` with keys
@@ -559,59 +820,27 @@ fn gcore_of_a_live_process_holds_no_epoch_key() {
 #[test]
 fn kernel_core_dump_on_abort_holds_no_epoch_key() {
     const TEST: &str = "kernel_core_dump_on_abort_holds_no_epoch_key";
-    if let Some(role) = forensics::child_role() {
-        return run_child(&role);
-    }
-    if !core_files_written_here(TEST) {
-        return;
-    }
-    let pattern = std::fs::read_to_string("/proc/sys/kernel/core_pattern").expect("core_pattern");
-    let stem = pattern
-        .trim()
-        .split('%')
-        .next()
-        .unwrap_or("core")
-        .to_string();
-    for role in available_roles(TEST, &["anon:read:abort", "memfd:read:abort"]) {
-        let dir = forensics::temp_dir("kcore");
-        let mut child = forensics::spawn_in(TEST, role, Some(&dir));
-        let observed = observe(&mut child);
-        child.release();
-        let (status, err, _) = child.wait();
-        use std::os::unix::process::ExitStatusExt;
-        assert_eq!(status.signal(), Some(libc::SIGABRT), "{status:?}\n{err}");
-        assert!(
-            status.core_dumped(),
-            "the kernel did not dump core: {status:?}"
-        );
-        let core = std::fs::read_dir(&dir)
-            .expect("read dir")
-            .flatten()
-            .map(|e| e.path())
-            .find(|p| {
-                p.file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(|n| n.starts_with(&stem))
-            })
-            .unwrap_or_else(|| panic!("no core file in {}", dir.display()));
-        let scan = forensics::scan_file(&core, &observed.needles);
-        report(TEST, &scan, &observed);
-        assert!(scan.bytes > 1 << 20, "core file too small: {}", scan.bytes);
-        assert!(
-            scan.found(Kind::Marker) >= 1,
-            "{role}: the core lacks the marker the child keeps on its heap \
-             (check /proc/self/coredump_filter): finding nothing in it proves nothing"
-        );
-        assert_eq!(scan.found(Kind::Key), 0, "{role}: {}", scan.describe());
-        assert_eq!(
-            scan.found(Kind::Plaintext),
-            0,
-            "{role}: {}",
-            scan.describe()
-        );
-        assert_eq!(scan.found(Kind::Subkey), 0, "{role}: {}", scan.describe());
-        std::fs::remove_dir_all(&dir).expect("remove core dir");
-    }
+    core_test(
+        TEST,
+        Dump::KernelOnAbort,
+        &["anon:read:abort", "memfd:read:abort"],
+        |role, scan, _| assert_core_holds_nothing(role, scan),
+    );
+}
+
+/// As the `gcore` test of a busy child, with the kernel's core dump of a
+/// child that calls `abort()` while its workers read: the kernel stops
+/// every thread wherever it is.
+#[test]
+fn kernel_core_dump_of_a_busy_process_holds_only_the_keys_and_entries_in_flight() {
+    const TEST: &str =
+        "kernel_core_dump_of_a_busy_process_holds_only_the_keys_and_entries_in_flight";
+    core_test(
+        TEST,
+        Dump::KernelOnAbort,
+        &["anon:none:abort:busy", "memfd:none:abort:busy"],
+        |role, scan, observed| assert_core_holds_only_what_is_in_flight(TEST, role, scan, observed),
+    );
 }
 
 // ---------------------------------------------------------------------------

@@ -372,6 +372,11 @@ const TAIL_LEN: usize = NEEDLE_LEN - 16;
 /// (indexed by the first two of those), so a freed copy is found too.
 pub struct Needles {
     needles: Vec<(Kind, [u8; NEEDLE_LEN])>,
+    /// What each plaintext, subkey or key needle is a copy of: the entry
+    /// of a plaintext or subkey, the index of its `plain` line or of the
+    /// `nonce` line it was derived from (a child sends both in the order of
+    /// its entries); the index of a key's `key` line.
+    sources: Vec<Option<usize>>,
     by_prefix: HashMap<u16, Vec<usize>>,
     present: Vec<bool>,
     tails_by_prefix: HashMap<u16, Vec<usize>>,
@@ -382,18 +387,22 @@ impl Needles {
     /// Builds the set from the child's `plain` and `key` lines.
     pub fn from_lines(lines: &[String]) -> Self {
         let mut needles = Vec::new();
-        for hex in tagged(lines, "plain") {
+        let mut sources = Vec::new();
+        for (entry, hex) in tagged(lines, "plain").into_iter().enumerate() {
             needles.push((Kind::Plaintext, unhex(hex)));
+            sources.push(Some(entry));
         }
         for hex in tagged(lines, "marker") {
             needles.push((Kind::Marker, unhex(hex)));
+            sources.push(None);
         }
         let keys: Vec<[u8; NEEDLE_LEN]> = tagged(lines, "key").into_iter().map(unhex).collect();
-        for key in &keys {
+        for (index, key) in keys.iter().enumerate() {
             needles.push((Kind::Key, *key));
+            sources.push(Some(index));
         }
         // Every (key, nonce) pair: only the right ones could ever appear.
-        for hex in tagged(lines, "nonce") {
+        for (entry, hex) in tagged(lines, "nonce").into_iter().enumerate() {
             let mut input = [0u8; 16];
             for (i, byte) in input.iter_mut().enumerate() {
                 *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).expect("hex");
@@ -403,6 +412,7 @@ impl Needles {
                 let mut bytes = [0u8; NEEDLE_LEN];
                 bytes.copy_from_slice(&subkey);
                 needles.push((Kind::Subkey, bytes));
+                sources.push(Some(entry));
             }
         }
         let mut by_prefix: HashMap<u16, Vec<usize>> = HashMap::new();
@@ -422,6 +432,7 @@ impl Needles {
         }
         Self {
             needles,
+            sources,
             by_prefix,
             present,
             tails_by_prefix,
@@ -432,6 +443,17 @@ impl Needles {
     /// How many needles of `kind` there are.
     pub fn count(&self, kind: Kind) -> usize {
         self.needles.iter().filter(|(k, _)| *k == kind).count()
+    }
+
+    /// What the needles of `kind` that `scan` found (whole or by their
+    /// last bytes) are copies of, each once: entries for plaintexts and
+    /// subkeys, keys for keys.
+    pub fn sources_found(&self, scan: &Scan, kind: Kind) -> std::collections::BTreeSet<usize> {
+        scan.hits
+            .iter()
+            .filter(|hit| hit.kind == kind)
+            .filter_map(|hit| self.sources[hit.needle])
+            .collect()
     }
 
     /// Appends every occurrence in `data` (which starts at address `base`):
@@ -672,6 +694,9 @@ pub fn scan_process(pid: u32, needles: &Needles) -> Scan {
 }
 
 /// Scans a file (a core dump) for `needles`; addresses are file offsets.
+/// In an ELF core, each hit's location also names the segment it lies in:
+/// a `LOAD` segment (memory, by its address) or the `NOTE` segment (each
+/// thread's saved registers, vector registers included).
 pub fn scan_file(path: &std::path::Path, needles: &Needles) -> Scan {
     let data = fs::read(path).expect("read core file");
     let mut scan = Scan {
@@ -680,7 +705,47 @@ pub fn scan_file(path: &std::path::Path, needles: &Needles) -> Scan {
         ..Scan::default()
     };
     needles.scan(&data, 0, &path.display().to_string(), &mut scan.hits);
+    let segments = elf_segments(&data);
+    for hit in &mut scan.hits {
+        if let Some((_, label)) = segments
+            .iter()
+            .find(|(range, _)| range.contains(&hit.address))
+        {
+            hit.location.push_str(&format!(", in {label}"));
+        }
+    }
     scan
+}
+
+/// The file ranges of an ELF64 (little-endian) core's `LOAD` and `NOTE`
+/// segments, with a label each; empty for anything else.
+fn elf_segments(data: &[u8]) -> Vec<(std::ops::Range<usize>, String)> {
+    let word = |at: usize, len: usize| -> Option<usize> {
+        let bytes = data.get(at..at.checked_add(len)?)?;
+        let mut le = [0u8; 8];
+        le[..len].copy_from_slice(bytes);
+        usize::try_from(u64::from_le_bytes(le)).ok()
+    };
+    if data.get(..6) != Some(b"\x7fELF\x02\x01".as_slice()) {
+        return Vec::new();
+    }
+    let (Some(phoff), Some(phentsize), Some(phnum)) = (word(0x20, 8), word(0x36, 2), word(0x38, 2))
+    else {
+        return Vec::new();
+    };
+    (0..phnum)
+        .filter_map(|i| {
+            let header = phoff.checked_add(i.checked_mul(phentsize)?)?;
+            let offset = word(header + 8, 8)?;
+            let size = word(header + 32, 8)?;
+            let label = match word(header, 4)? {
+                1 => format!("LOAD segment of {:#x}", word(header + 16, 8)?),
+                4 => "NOTE segment (saved registers)".to_string(),
+                _ => return None,
+            };
+            Some((offset..offset.checked_add(size)?, label))
+        })
+        .collect()
 }
 
 /// A fresh empty directory under the system temp dir.
