@@ -134,7 +134,7 @@ pub use config::{
     MAX_MAX_ENTRIES, MAX_TTL, MIN_TTL, Protection, ValueProblem,
 };
 pub use error::Error;
-pub use loader::{BoxError, LoadError};
+pub use loader::{DynLoadError, LoadError};
 pub use memory::{
     Backend, HardeningError, HardeningStep, ProcessHardening, ProtectedMemory, ProtectionFailure,
     ProtectionKind, Protections, SlabBackend, harden_process,

@@ -81,7 +81,7 @@ impl<E: fmt::Display> fmt::Display for LoadError<E> {
 /// reachable. Match [`LoadError::Loader`] to reach the loader's error
 /// itself (to downcast it, say). For a loader error that is not a
 /// `std::error::Error` (`anyhow::Error`, `Box<dyn Error + Send + Sync>`),
-/// see [`LoadError::boxed`].
+/// see [`LoadError::into_dyn`].
 impl<E: std::error::Error + 'static> std::error::Error for LoadError<E> {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
@@ -91,44 +91,33 @@ impl<E: std::error::Error + 'static> std::error::Error for LoadError<E> {
     }
 }
 
-/// What `?` can pass on from any loader.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
-
-impl<E> LoadError<E>
-where
-    E: AsRef<dyn std::error::Error + Send + Sync + 'static>
-        + fmt::Debug
-        + fmt::Display
-        + Send
-        + Sync
-        + 'static,
-{
-    /// This error as a [`BoxError`], for a loader whose error type is not
-    /// itself a `std::error::Error` (`anyhow::Error`, or a boxed error), so
-    /// that `?` can pass it on: `.map_err(LoadError::boxed)?`. Its message
-    /// and sources are this error's, as for a loader error that is one.
+impl<E> LoadError<E> {
+    /// This error as a `std::error::Error`, for a loader whose error type
+    /// is not one itself (`anyhow::Error`, `Box<dyn Error + Send + Sync>`),
+    /// so that `?` can pass it on into `anyhow`, `eyre` or a boxed error:
+    /// `.map_err(LoadError::into_dyn)?`. Its message and sources are those
+    /// of a loader error that is one; downcast to [`DynLoadError`] to
+    /// match the [`LoadError`] again.
     #[must_use]
-    pub fn boxed(self) -> BoxError {
-        Box::new(Boxed(self))
+    pub fn into_dyn(self) -> DynLoadError<E> {
+        DynLoadError(self)
     }
 }
 
-/// A [`LoadError`] of a loader error that is only viewable as an error.
-struct Boxed<E>(LoadError<E>);
+/// A [`LoadError`] of a loader error that is viewable as an error
+/// (`AsRef<dyn Error + Send + Sync>`) without being one: it prints as the
+/// `LoadError` does, and its `source()` continues with the loader error's
+/// own source. Made by [`LoadError::into_dyn`].
+#[derive(Debug, Clone)]
+pub struct DynLoadError<E>(pub LoadError<E>);
 
-impl<E: fmt::Debug> fmt::Debug for Boxed<E> {
+impl<E: fmt::Display> fmt::Display for DynLoadError<E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.0.fmt(f)
     }
 }
 
-impl<E: fmt::Display> fmt::Display for Boxed<E> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.fmt(f)
-    }
-}
-
-impl<E> std::error::Error for Boxed<E>
+impl<E> std::error::Error for DynLoadError<E>
 where
     E: AsRef<dyn std::error::Error + Send + Sync + 'static> + fmt::Debug + fmt::Display,
 {

@@ -56,7 +56,8 @@
 //! (`tests/cache.rs::a_clock_that_panics_once_does_not_stop_the_reaper`).
 //! A clock that keeps panicking cannot keep keys past their deadlines: at
 //! the third failed reading in a row, once the failures span a second
-//! (about two seconds after the clock broke, with or without traffic),
+//! (about a second after the first failed reading under traffic; with
+//! none, two to three seconds after the clock broke),
 //! the reaper wipes every key, every entry becomes a miss, and it goes on
 //! wiping whatever keys appear until the clock works again
 //! (`tests/cache.rs::a_clock_that_keeps_panicking_makes_the_reaper_wipe_every_key`).

@@ -547,12 +547,11 @@ fn capabilities(field: &str) -> u64 {
 
 const CAP_SETPCAP: u32 = 8;
 
-/// Whether this process can start children without CAP_SYS_PTRACE: it
-/// has none to give up, or it may drop it from its bounding set
-/// (CAP_SETPCAP). Root without CAP_SETPCAP cannot: its children get the
-/// capability back at `exec`.
+/// Whether this process can start children without CAP_SYS_PTRACE: its
+/// bounding set lacks it already, or it may drop it from there
+/// (CAP_SETPCAP). Otherwise root's children get it back at `exec`.
 fn can_give_up_cap_sys_ptrace() -> bool {
-    capabilities("CapPrm") & (1 << CAP_SYS_PTRACE) == 0
+    capabilities("CapBnd") & (1 << CAP_SYS_PTRACE) == 0
         || capabilities("CapEff") & (1 << CAP_SETPCAP) != 0
 }
 
@@ -560,7 +559,7 @@ fn can_give_up_cap_sys_ptrace() -> bool {
 /// starts: from the bounding set (root's capabilities come back at `exec`
 /// otherwise), and from the effective, permitted and inheritable sets.
 fn give_up_cap_sys_ptrace() {
-    if capabilities("CapPrm") & (1 << CAP_SYS_PTRACE) != 0 {
+    if capabilities("CapBnd") & (1 << CAP_SYS_PTRACE) != 0 {
         // SAFETY: PR_CAPBSET_DROP takes a capability number and no pointer.
         let rc = unsafe {
             libc::prctl(

@@ -9,7 +9,7 @@ use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::Duration;
 
-use sealcache::{BoxError, ExposeSecret, LoadError, ManualClock, SealCache};
+use sealcache::{ExposeSecret, LoadError, ManualClock, SealCache};
 
 const TTL: Duration = Duration::from_secs(60);
 
@@ -306,48 +306,68 @@ fn refused() -> FetchFailed {
     ))
 }
 
-/// A load error passes through `?` into a boxed error (or `anyhow`), with
+/// A load error passes through `?` into `anyhow` (or a boxed error), with
 /// every message of the loader error's chain printed once and its causes
 /// still reachable: directly when the loader's error is a
-/// `std::error::Error`, through `LoadError::boxed` when it is a boxed
-/// error (or an `anyhow::Error`), which is not one. The cache's own wrapped
-/// errors (`Error::Config`) print once too.
+/// `std::error::Error`, through `LoadError::into_dyn` when it is an
+/// `anyhow::Error` or a boxed error, which are not. Downcasting finds the
+/// `LoadError` again. The cache's own wrapped errors (`Error::Config`)
+/// print once too.
 #[test]
 fn load_errors_pass_through_question_mark_with_each_message_once_and_their_causes() {
+    type BoxError = Box<dyn std::error::Error + Send + Sync>;
     let cache = cache(&ManualClock::new());
-    let typed = |cache: &SealCache| -> Result<(), BoxError> {
+    let typed = |cache: &SealCache| -> anyhow::Result<()> {
         cache.get_or_try_load("db/password", || -> Result<Option<&str>, FetchFailed> {
             Err(refused())
         })?;
         Ok(())
     };
-    let boxed = |cache: &SealCache| -> Result<(), BoxError> {
+    let from_anyhow = |cache: &SealCache| -> anyhow::Result<()> {
+        cache
+            .get_or_try_load("db/password", || -> anyhow::Result<Option<&str>> {
+                Err(refused().into())
+            })
+            .map_err(LoadError::into_dyn)?;
+        Ok(())
+    };
+    let from_box = |cache: &SealCache| -> Result<(), BoxError> {
         cache
             .get_or_try_load("db/password", || -> Result<Option<&str>, BoxError> {
                 Err(Box::new(refused()))
             })
-            .map_err(LoadError::boxed)?;
+            .map_err(LoadError::into_dyn)?;
         Ok(())
     };
-    for err in [typed(&cache).unwrap_err(), boxed(&cache).unwrap_err()] {
+    let errors: [BoxError; 3] = [
+        typed(&cache).unwrap_err().into(),
+        from_anyhow(&cache).unwrap_err().into(),
+        from_box(&cache).unwrap_err(),
+    ];
+    for err in &errors {
         assert_eq!(
-            chain(&*err),
+            chain(&**err),
             ["loader failed: fetching db/password", "connection refused"]
         );
-        let cause = std::iter::successors(Some(&*err as &dyn std::error::Error), |e| e.source())
+        let cause = std::iter::successors(Some(&**err as &dyn std::error::Error), |e| e.source())
             .find_map(|e| e.downcast_ref::<std::io::Error>());
         assert_eq!(
             cause.map(std::io::Error::kind),
             Some(std::io::ErrorKind::ConnectionRefused)
         );
     }
+    let again = from_anyhow(&cache).unwrap_err();
+    let back = again
+        .downcast_ref::<sealcache::DynLoadError<anyhow::Error>>()
+        .expect("the LoadError is reachable by downcasting");
+    assert!(matches!(back.0, LoadError::Loader(_)), "{back:?}");
     let invalid = SealCache::builder()
         .ttl(Duration::ZERO)
         .build()
         .map(drop)
-        .map_err(BoxError::from)
+        .map_err(anyhow::Error::from)
         .unwrap_err();
-    let messages = chain(&*invalid);
+    let messages: Vec<String> = invalid.chain().map(ToString::to_string).collect();
     assert_eq!(messages.len(), 1, "{messages:?}");
     assert!(
         messages[0].starts_with("invalid configuration: "),

@@ -748,8 +748,32 @@ fn elf_segments(data: &[u8]) -> Vec<(std::ops::Range<usize>, String)> {
         .collect()
 }
 
-/// A fresh empty directory under the system temp dir.
-pub fn temp_dir(tag: &str) -> std::path::PathBuf {
+/// A fresh directory under the system's temp dir, removed with everything
+/// in it (a core file of hundreds of MB, say) when dropped, also when the
+/// test fails before its end.
+pub struct TempDir(std::path::PathBuf);
+
+impl std::ops::Deref for TempDir {
+    type Target = std::path::Path;
+    fn deref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl AsRef<std::path::Path> for TempDir {
+    fn as_ref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Makes a [`TempDir`] named after `tag`, this process and a random nonce.
+pub fn temp_dir(tag: &str) -> TempDir {
     let mut nonce = [0u8; 8];
     getrandom::fill(&mut nonce).expect("getrandom");
     let dir = std::env::temp_dir().join(format!(
@@ -758,5 +782,5 @@ pub fn temp_dir(tag: &str) -> std::path::PathBuf {
         u64::from_le_bytes(nonce)
     ));
     fs::create_dir_all(&dir).expect("create temp dir");
-    dir
+    TempDir(dir)
 }
