@@ -108,8 +108,14 @@ impl<E> LoadError<E> {
 /// (`AsRef<dyn Error + Send + Sync>`) without being one: it prints as the
 /// `LoadError` does, and its `source()` continues with the loader error's
 /// own source. Made by [`LoadError::into_dyn`].
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct DynLoadError<E>(pub LoadError<E>);
+
+impl<E> Clone for DynLoadError<E> {
+    fn clone(&self) -> Self {
+        Self(self.0.clone())
+    }
+}
 
 impl<E: fmt::Display> fmt::Display for DynLoadError<E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

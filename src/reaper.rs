@@ -31,8 +31,9 @@ pub(crate) const MAX_SLEEP: Duration = Duration::from_secs(1);
 /// that any deadline is still ahead and wipes every key, once they also
 /// span [`MAX_SLEEP`] or more (so a burst of readings made for a burst of
 /// messages does not count as a clock that stays broken). With no traffic
-/// it retries every [`MAX_SLEEP`]: the keys go about two seconds after
-/// the clock broke.
+/// it retries every [`MAX_SLEEP`]: the keys go two to three seconds after
+/// the clock broke; with traffic, about [`MAX_SLEEP`] after its first
+/// failed reading.
 pub(crate) const CLOCK_FAILURES_BEFORE_SHRED: u32 = 3;
 
 /// Name of the reaper thread.

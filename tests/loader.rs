@@ -361,6 +361,9 @@ fn load_errors_pass_through_question_mark_with_each_message_once_and_their_cause
         .downcast_ref::<sealcache::DynLoadError<anyhow::Error>>()
         .expect("the LoadError is reachable by downcasting");
     assert!(matches!(back.0, LoadError::Loader(_)), "{back:?}");
+    // Shared with every waiter of the flight, so cheap to clone even when
+    // the loader's error (`anyhow::Error`) is not `Clone`.
+    assert_eq!(back.clone().to_string(), back.to_string());
     let invalid = SealCache::builder()
         .ttl(Duration::ZERO)
         .build()
