@@ -275,12 +275,17 @@ fn a_loader_error_reaches_every_waiter_and_is_not_cached() {
     assert_eq!(calls.load(Ordering::SeqCst), 1, "the error was not cached");
 }
 
+/// An error and its sources, outermost first.
+fn causes<'a>(
+    err: &'a (dyn std::error::Error + 'static),
+) -> impl Iterator<Item = &'a (dyn std::error::Error + 'static)> {
+    std::iter::successors(Some(err), |e| e.source())
+}
+
 /// Every message in an error's chain, outermost first, as a reporter that
 /// walks `source()` (`anyhow`'s `{:#}`, `eyre`) prints it.
 fn chain(err: &(dyn std::error::Error + 'static)) -> Vec<String> {
-    std::iter::successors(Some(err), |e| e.source())
-        .map(ToString::to_string)
-        .collect()
+    causes(err).map(ToString::to_string).collect()
 }
 
 /// A database error with a cause, as real ones have.
@@ -349,8 +354,7 @@ fn load_errors_pass_through_question_mark_with_each_message_once_and_their_cause
             chain(&**err),
             ["loader failed: fetching db/password", "connection refused"]
         );
-        let cause = std::iter::successors(Some(&**err as &dyn std::error::Error), |e| e.source())
-            .find_map(|e| e.downcast_ref::<std::io::Error>());
+        let cause = causes(&**err).find_map(|e| e.downcast_ref::<std::io::Error>());
         assert_eq!(
             cause.map(std::io::Error::kind),
             Some(std::io::ErrorKind::ConnectionRefused)
