@@ -11,70 +11,18 @@
 //! cargo bench --features test-hooks --bench hit_ratio -- "get 64"   # one pair
 //! ```
 
+mod common;
+
 use std::hint::black_box;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use common::{ENTRIES, compare, key, print_header};
 use sealcache::{SealCache, testing};
-
-/// Entries in the cache, as in the criterion benches.
-const ENTRIES: usize = 1000;
-/// Operations per timed batch.
-const BATCH: usize = 2000;
-/// Batches per side.
-const ROUNDS: usize = 600;
-
-fn key(i: usize) -> String {
-    format!("secret/{i:06}")
-}
-
-/// Nanoseconds per operation of one batch of `op`.
-fn batch(op: &mut dyn FnMut(usize), start: usize) -> f64 {
-    let began = Instant::now();
-    for i in start..start + BATCH {
-        op(i);
-    }
-    began.elapsed().as_nanos() as f64 / BATCH as f64
-}
-
-fn percentile(sorted: &[f64], q: f64) -> f64 {
-    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
-}
-
-/// Times `base` and `measured` in alternating batches and prints the result
-/// (unless the command line names a filter that `name` does not contain).
-fn compare(name: &str, base: &mut dyn FnMut(usize), measured: &mut dyn FnMut(usize)) {
-    let filter = std::env::args().skip(1).find(|arg| !arg.starts_with("--"));
-    if filter.is_some_and(|filter| !name.contains(filter.as_str())) {
-        return;
-    }
-    let (mut bases, mut measures, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
-    for round in 0..ROUNDS {
-        let b = batch(base, round * BATCH);
-        let m = batch(measured, round * BATCH);
-        bases.push(b);
-        measures.push(m);
-        ratios.push(m / b);
-    }
-    for v in [&mut bases, &mut measures, &mut ratios] {
-        v.sort_by(f64::total_cmp);
-    }
-    println!(
-        "{name:<34} {:>8.0} ns {:>8.0} ns   ratio p10 {:.2}  p50 {:.2}  p90 {:.2}",
-        percentile(&bases, 0.5),
-        percentile(&measures, 0.5),
-        percentile(&ratios, 0.1),
-        percentile(&ratios, 0.5),
-        percentile(&ratios, 0.9),
-    );
-}
 
 fn main() {
     // `cargo bench` passes `--bench`; other flags are ignored, and the first
     // other argument filters the pairs (`-- "get 64"` runs one pair).
-    println!(
-        "{:<34} {:>11} {:>11}   per-batch ratio ({ROUNDS} pairs of {BATCH}-operation batches)",
-        "pair", "base p50", "measured"
-    );
+    print_header();
     for size in [64usize, 1024] {
         let cache = SealCache::builder()
             .ttl(Duration::from_secs(3600))

@@ -5,47 +5,19 @@
 //! (no shared state: the machine's own scaling ceiling) and the unencrypted
 //! peers.
 
+mod common;
+
 use std::collections::HashMap;
 use std::hint::black_box;
-use std::sync::{Barrier, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Mutex;
+use std::time::Duration;
 
+use common::{ENTRIES, index, key, run_threads};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, Nonce, Tag, UnboundKey};
 use sealcache::SealCache;
 
-const ENTRIES: usize = 1000;
 const SIZE: usize = 64;
-
-fn key(i: usize) -> String {
-    format!("secret/{i:06}")
-}
-
-/// Runs `op(thread, i)` `iters` times on each of `threads` threads started
-/// together; returns the wall time of the slowest thread.
-fn run_threads(threads: usize, iters: u64, op: &(dyn Fn(usize, u64) + Sync)) -> Duration {
-    let barrier = Barrier::new(threads);
-    std::thread::scope(|s| {
-        let handles: Vec<_> = (0..threads)
-            .map(|t| {
-                let barrier = &barrier;
-                s.spawn(move || {
-                    barrier.wait();
-                    let start = Instant::now();
-                    for i in 0..iters {
-                        op(t, i);
-                    }
-                    start.elapsed()
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().unwrap())
-            .max()
-            .unwrap_or_default()
-    })
-}
 
 fn bench<F: Fn(usize, u64) + Sync>(c: &mut Criterion, group: &str, op: F) {
     let mut g = c.benchmark_group(group);
@@ -56,11 +28,6 @@ fn bench<F: Fn(usize, u64) + Sync>(c: &mut Criterion, group: &str, op: F) {
         });
     }
     g.finish();
-}
-
-/// Index of the `i`-th key of thread `t` of `threads`.
-fn index(t: usize, i: u64, threads: usize) -> usize {
-    (t + (i as usize % (ENTRIES / threads)) * threads) % ENTRIES
 }
 
 fn sealcache_get(c: &mut Criterion) {

@@ -207,7 +207,11 @@ impl SealCache {
         }
         let core = Arc::new(Core {
             keyring,
-            store: Store::new(SHARDS, settings.max_entries),
+            store: Store::new(
+                SHARDS,
+                settings.max_entries,
+                nanos(settings.recency_resolution),
+            ),
             flights: Flights::new(SHARDS),
             load_counters: LoadCounters::default(),
             jitter: std::hash::RandomState::new(),
@@ -281,8 +285,9 @@ impl SealCache {
 
     /// Seals `secret` under the current epoch key and stores it under
     /// `key`, replacing any previous value. If this adds an entry to a full
-    /// cache, the least recently used entry is evicted (replacing a value
-    /// evicts nothing). Owned secrets are zeroized after sealing.
+    /// cache, the least recently used entry is evicted, to the
+    /// [recency resolution](crate::Builder::recency_resolution) (replacing
+    /// a value evicts nothing). Owned secrets are zeroized after sealing.
     /// A load of `key` in flight will not overwrite this value.
     ///
     /// # Errors
@@ -671,6 +676,13 @@ impl SealCache {
     /// The bound on the number of entries.
     pub fn max_entries(&self) -> usize {
         self.core().settings.max_entries
+    }
+
+    /// The recency resolution: a hit refreshes an entry's recency only if
+    /// this long has passed since its last refresh (see
+    /// [`Builder::recency_resolution`](crate::Builder::recency_resolution)).
+    pub fn recency_resolution(&self) -> Duration {
+        self.core().settings.recency_resolution
     }
 
     #[cfg(feature = "test-hooks")]

@@ -29,6 +29,9 @@ pub const MAX_MAX_ENTRIES: usize = 10_000_000;
 pub const DEFAULT_EPOCHS_PER_TTL: u32 = 4;
 /// The shortest accepted epoch is the TTL divided by this.
 pub const MAX_EPOCHS_PER_TTL: u32 = 64;
+/// Default recency resolution: 1 s, or a 64th of the TTL if that is
+/// shorter (see [`Builder::recency_resolution`]).
+pub const DEFAULT_RECENCY_RESOLUTION: Duration = Duration::from_secs(1);
 
 /// Environment variable holding the TTL in whole seconds.
 pub const ENV_TTL_SECS: &str = "SEALCACHE_TTL_SECS";
@@ -169,6 +172,7 @@ pub(crate) struct Settings {
     pub(crate) refresh_ahead: Option<f64>,
     pub(crate) max_stale: Duration,
     pub(crate) ttl_jitter: Option<f64>,
+    pub(crate) recency_resolution: Duration,
 }
 
 /// Builds a [`SealCache`]. Every knob has a documented default and range;
@@ -198,6 +202,7 @@ pub struct Builder {
     refresh_ahead: Option<f64>,
     max_stale: Option<Duration>,
     ttl_jitter: Option<f64>,
+    recency_resolution: Option<Duration>,
 }
 
 impl Default for Builder {
@@ -213,6 +218,7 @@ impl Default for Builder {
             refresh_ahead: None,
             max_stale: None,
             ttl_jitter: None,
+            recency_resolution: None,
         }
     }
 }
@@ -368,6 +374,20 @@ impl Builder {
         self
     }
 
+    /// How finely eviction tells recent entries apart (the LRU's
+    /// resolution). A hit on an entry whose recency was refreshed less than
+    /// `resolution` ago leaves its recency as it is, so hits on an entry
+    /// read more often than once per `resolution` write nothing shared
+    /// between threads; eviction then removes an entry whose last use is at
+    /// most `resolution` after the least recently used entry's (see
+    /// [the manual](crate::manual#recency-lru-at-a-resolution)).
+    /// `Duration::ZERO` makes the LRU exact: every hit refreshes. Default:
+    /// 1 s, or a 64th of the TTL if that is shorter; accepted 0 ..= TTL.
+    pub fn recency_resolution(mut self, resolution: Duration) -> Self {
+        self.recency_resolution = Some(resolution);
+        self
+    }
+
     /// Checks every setting and returns them, or the first one out of range.
     pub(crate) fn settings(&self) -> Result<Settings, ConfigError> {
         if self.ttl < MIN_TTL || self.ttl > MAX_TTL {
@@ -425,15 +445,13 @@ impl Builder {
         check_fraction("refresh_ahead", self.refresh_ahead)?;
         check_fraction("ttl_jitter", self.ttl_jitter)?;
         let max_stale = self.max_stale.unwrap_or(Duration::ZERO);
-        if max_stale > self.ttl {
-            return Err(ConfigError::Setting {
-                setting: "max_stale",
-                value: format!("{max_stale:?}"),
-                problem: ValueProblem::OutOfRange,
-                accepted: format!("0s..={:?} (at most the ttl)", self.ttl),
-            });
-        }
+        self.check_within_ttl("max_stale", max_stale)?;
+        let recency_resolution = self
+            .recency_resolution
+            .unwrap_or_else(|| DEFAULT_RECENCY_RESOLUTION.min(self.ttl / 64));
+        self.check_within_ttl("recency_resolution", recency_resolution)?;
         Ok(Settings {
+            recency_resolution,
             negative_ttl: self.negative_ttl,
             refresh_ahead: self.refresh_ahead,
             max_stale,
@@ -445,6 +463,19 @@ impl Builder {
             backend: self.backend,
             clock: Arc::clone(&self.clock),
         })
+    }
+
+    /// Rejects a `setting` of `value` longer than the TTL (zero is accepted).
+    fn check_within_ttl(&self, setting: &'static str, value: Duration) -> Result<(), ConfigError> {
+        if value > self.ttl {
+            return Err(ConfigError::Setting {
+                setting,
+                value: format!("{value:?}"),
+                problem: ValueProblem::OutOfRange,
+                accepted: format!("0s..={:?} (at most the ttl)", self.ttl),
+            });
+        }
+        Ok(())
     }
 
     /// Validates the settings, allocates and verifies the locked key slab,
@@ -786,5 +817,32 @@ mod tests {
             .settings()
             .unwrap();
         assert_eq!(edge.epoch, Duration::from_secs(1));
+    }
+
+    #[test]
+    fn recency_resolution_defaults_to_a_second_or_a_64th_of_the_ttl() {
+        let resolution = |builder: Builder| builder.settings().unwrap().recency_resolution;
+        assert_eq!(resolution(Builder::new()), Duration::from_micros(937_500));
+        assert_eq!(
+            resolution(Builder::new().ttl(MAX_TTL)),
+            DEFAULT_RECENCY_RESOLUTION
+        );
+        assert_eq!(
+            resolution(Builder::new().ttl(MIN_TTL)),
+            Duration::from_micros(15_625)
+        );
+        let exact = Builder::new().recency_resolution(Duration::ZERO);
+        assert_eq!(resolution(exact), Duration::ZERO);
+        let whole_ttl = Builder::new().recency_resolution(DEFAULT_TTL);
+        assert_eq!(resolution(whole_ttl), DEFAULT_TTL);
+        let text = Builder::new()
+            .recency_resolution(Duration::from_secs(61))
+            .settings()
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            text,
+            "setting `recency_resolution` = 61s is out of range; accepted: 0s..=60s (at most the ttl)"
+        );
     }
 }

@@ -130,8 +130,8 @@ pub mod testing;
 pub use cache::{MAX_KEY_LEN, MAX_VALUE_LEN, SealCache, Stats};
 pub use clock::{BootClock, Clock, ClockWaker, ManualClock};
 pub use config::{
-    Builder, ConfigError, DEFAULT_MAX_ENTRIES, DEFAULT_TTL, ENV_MAX_ENTRIES, ENV_TTL_SECS,
-    MAX_MAX_ENTRIES, MAX_TTL, MIN_TTL, Protection, ValueProblem,
+    Builder, ConfigError, DEFAULT_MAX_ENTRIES, DEFAULT_RECENCY_RESOLUTION, DEFAULT_TTL,
+    ENV_MAX_ENTRIES, ENV_TTL_SECS, MAX_MAX_ENTRIES, MAX_TTL, MIN_TTL, Protection, ValueProblem,
 };
 pub use error::Error;
 pub use loader::{DynLoadError, LoadError};

@@ -87,26 +87,51 @@
 //! property test proves them byte-identical on arbitrary inputs; the
 //! chacha20poly1305 implementation stays in the crate as the reference.
 //!
-//! # Why an exact global LRU
+//! # Recency: LRU at a resolution
 //!
 //! Sharding keeps two threads on two keys from sharing a lock, but a
-//! per-shard LRU would evict by shard, not by age. Each access takes a
-//! global tick and each shard publishes the tick of its least recently used
-//! entry; eviction removes the globally oldest. The model-based property
-//! tests and the `cache_ops` fuzz target hold the cache to that exact model.
+//! per-shard LRU would evict by shard, not by age. So recency is global:
+//! each refresh (an insert, or a hit that refreshes) takes a stamp from one
+//! shared counter, each shard keeps its entries in stamp order and publishes
+//! the stamp of its least recently refreshed entry, and eviction removes the
+//! entry with the globally smallest stamp. A stamp is the clock reading of
+//! the refresh, or one nanosecond past the previous stamp if that is later,
+//! so stamps are unique, increase in the order they are taken, and run
+//! ahead of the clock only while more than one is taken per nanosecond of
+//! clock (a clock standing still, as a [`ManualClock`](crate::ManualClock)
+//! does between advances).
 //!
-//! The price is paid on every hit: it takes a tick from one shared counter
-//! and, unless its entry is already at the head of its shard's recency
-//! list, relinks the entry there. When two threads read keys spread over
-//! every shard, those cache lines move between their cores. On the 2-vCPU
-//! machine of BENCHMARKS.md, `get` goes from 1 to 2 threads at about
-//! 1.4–1.5× (the raw AEAD open alone: 2.04×); with the recency update
-//! compiled out it measured 1.6–1.7×. An approximate LRU would buy
-//! part of that difference and lose the exact eviction order the tests hold
-//! the cache to. The shared tick is also a single cache line that every hit
-//! on every core writes. On a machine with many cores, it rather than the
-//! AEAD may bound the total hit rate. The 2-vCPU machine here cannot
-//! measure that: removing the tick alone changed nothing measurable.
+//! A hit refreshes its entry only if the entry's stamp is at least
+//! [`recency_resolution`](crate::Builder::recency_resolution) old (1 s by
+//! default, or a 64th of the TTL if that is shorter). Within that time, a
+//! hit writes nothing but the shard lock and its counters. What eviction
+//! then guarantees: **the entry it removes was last used (stored, or read
+//! while live) at most one resolution after any other entry's last use**,
+//! plus however far that entry's stamp ran ahead of the clock. With a
+//! resolution of zero every hit refreshes and the order is exact LRU. The
+//! model-based property tests and the `cache_ops` fuzz target run the cache
+//! against a reference model that applies the same rule, at resolutions
+//! from zero to the whole TTL, and check this guarantee at every eviction.
+//!
+//! Why not exact by default: a refresh relinks the entry at the head of its
+//! shard's list (writing the entry's node, its two neighbours and the old
+//! head) and takes a stamp from the shared counter. When two threads read
+//! keys spread over every shard, those cache lines move between their cores
+//! on nearly every hit. On the 2-vCPU machine of BENCHMARKS.md, `get` on
+//! distinct keys went from 1 to 2 threads at 1.35–1.64× with exact LRU and
+//! at 1.70–1.87× at the default resolution (medians of runs that alternate
+//! the two in one process), where a mutex-sharded table with no recency at
+//! all reaches 1.79–1.89×. The
+//! shared counter is also one cache line that every refreshing hit on every
+//! core writes: on a machine with many cores it, rather than the AEAD, would
+//! bound the total hit rate. At the default resolution, a secret read more
+//! often than once a second costs that line one write per second.
+//!
+//! What the resolution costs: between entries used within one resolution
+//! of each other, eviction may pick the more recently used one. For a
+//! cache that exists to keep a database from seeing every request, the
+//! entries it must keep are the ones read many times a second, and those
+//! it keeps either way.
 //!
 //! # Why a hit opens outside the shard lock
 //!
@@ -143,8 +168,10 @@
 //! # What is exact and what is best effort
 //!
 //! Exact: expiry at `t + ttl` (earlier by the entry's own jitter when the
-//! opt-in `ttl_jitter` is set), the LRU bound, single flight, fencing, key
-//! deadlines as computed. Bounded but not instant: the reaper's wipe after a
+//! opt-in `ttl_jitter` is set), the bound on the number of entries, single
+//! flight, fencing, key deadlines as computed. Exact to the recency
+//! resolution: which entry eviction removes (exact LRU at a resolution of
+//! zero). Bounded but not instant: the reaper's wipe after a
 //! deadline (thread scheduling, at most one second of sleep granularity).
 //! Best effort: anything the platform refuses, which
 //! [`SealCache::protections`](crate::SealCache::protections) reports and

@@ -1,11 +1,19 @@
 //! The sharded LRU of sealed entries, with exact expiry.
 //!
 //! Each shard is a mutex around a hash table of node indices, a slab of
-//! nodes and an intrusive recency list. A global access tick orders
-//! accesses across shards, and each shard publishes the tick of its least
-//! recently used node, so eviction removes the globally least recently used
-//! entry while hits on different shards never share a lock. Entries hold
-//! ciphertext only; the plaintext never reaches this module.
+//! nodes and an intrusive recency list. A global recency stamp orders
+//! refreshes across shards, and each shard publishes the stamp of its least
+//! recently used node, so eviction removes the globally least recently
+//! refreshed entry while hits on different shards never share a lock.
+//! Entries hold ciphertext only; the plaintext never reaches this module.
+//!
+//! A stamp is the clock reading of its refresh, or one nanosecond past the
+//! previous stamp if that is later: stamps are unique, increase in the
+//! order they are taken, and are never earlier than their refresh. A hit
+//! on an entry stamped less than the recency resolution ago leaves it
+//! alone (no stamp, no relinking), so a hot entry's hits write nothing
+//! that other threads read; with a resolution of zero every hit refreshes
+//! and the LRU is exact.
 
 use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -21,6 +29,9 @@ const NIL: u32 = u32::MAX;
 const FREE: u64 = 0;
 /// Published tail tick of an empty shard.
 const EMPTY: u64 = u64::MAX;
+/// The latest recency stamp: stamps stop here (below [`EMPTY`]) on a clock
+/// at the end of its range, so a full shard never looks empty.
+const LAST_TICK: u64 = EMPTY - 1;
 
 /// Counters kept per shard under its lock and summed on demand.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -108,6 +119,7 @@ struct Node {
     entry: EntryBuf,
     prev: u32,
     next: u32,
+    /// Recency stamp of the entry's last refresh (see the module docs).
     tick: u64,
     expires: u64,
     key_id: u64,
@@ -371,6 +383,8 @@ pub(crate) struct Store {
     len: CachePadded<AtomicUsize>,
     hasher: RandomState,
     max_entries: usize,
+    /// Nanoseconds within which a hit does not refresh an entry's recency.
+    recency_resolution: u64,
 }
 
 impl std::fmt::Debug for Store {
@@ -384,8 +398,10 @@ impl std::fmt::Debug for Store {
 }
 
 impl Store {
-    /// A store of `shards` shards (a power of two) bounded to `max_entries`.
-    pub(crate) fn new(shards: usize, max_entries: usize) -> Self {
+    /// A store of `shards` shards (a power of two) bounded to `max_entries`,
+    /// whose hits refresh an entry's recency only once `recency_resolution`
+    /// nanoseconds have passed since its last refresh (0: every hit).
+    pub(crate) fn new(shards: usize, max_entries: usize, recency_resolution: u64) -> Self {
         let shards = shards.max(1).next_power_of_two();
         Self {
             shards: (0..shards)
@@ -398,6 +414,7 @@ impl Store {
             len: CachePadded::new(AtomicUsize::new(0)),
             hasher: RandomState::new(),
             max_entries,
+            recency_resolution,
         }
     }
 
@@ -426,8 +443,20 @@ impl Store {
         }
     }
 
-    fn next_tick(&self) -> u64 {
-        self.tick.fetch_add(1, Ordering::Relaxed)
+    /// A new recency stamp at time `now`: `now`, or one past the last stamp
+    /// taken if that is later, but never past [`LAST_TICK`].
+    fn next_tick(&self, now: u64) -> u64 {
+        let mut last = self.tick.load(Ordering::Relaxed);
+        loop {
+            let tick = now.max(last.saturating_add(1)).min(LAST_TICK);
+            match self
+                .tick
+                .compare_exchange_weak(last, tick, Ordering::Relaxed, Ordering::Relaxed)
+            {
+                Ok(_) => return tick,
+                Err(actual) => last = actual,
+            }
+        }
     }
 
     fn removed(&self, count: usize) {
@@ -529,8 +558,11 @@ impl Store {
             self.publish_tail(s, shard);
             return Looked::Miss;
         }
-        if !stale {
-            let tick = self.next_tick();
+        // Refreshed less than the resolution ago: nothing to write. (A stamp
+        // ahead of `now` counts as just refreshed.)
+        let fresh = now.saturating_sub(shard.nodes[i as usize].tick) < self.recency_resolution;
+        if !stale && !fresh {
+            let tick = self.next_tick(now);
             if shard.head == i {
                 // Already the shard's most recent entry: no relinking.
                 shard.nodes[i as usize].tick = tick;
@@ -614,7 +646,7 @@ impl Store {
         let (s, hash) = self.locate(entry.key());
         let added = {
             let mut shard = self.lock(s);
-            let tick = self.next_tick();
+            let tick = self.next_tick(now);
             let added = match shard.find(hash, entry.key()) {
                 Some(i) => {
                     let node = &mut shard.nodes[i as usize];
@@ -870,7 +902,7 @@ mod tests {
 
     #[test]
     fn global_lru_across_shards() {
-        let store = Store::new(16, 3);
+        let store = Store::new(16, 3, 0);
         for k in [b"a", b"b", b"c"] {
             store.insert(data(k, k), 100, 1, 0);
         }
@@ -882,6 +914,20 @@ mod tests {
         assert!(get(&store, b"d", 0).is_some());
         assert_eq!(store.len(), 3);
         assert_eq!(store.counters().evictions, 1);
+    }
+
+    /// A clock at the end of its range (a custom `Clock` returning
+    /// `Duration::MAX`) makes every stamp the same; eviction still keeps the
+    /// bound, where a stamp equal to the empty-shard marker would have made
+    /// full shards look empty.
+    #[test]
+    fn stamps_at_the_end_of_time_still_keep_the_bound() {
+        let store = Store::new(4, 2, 0);
+        for k in [b"a", b"b", b"c", b"d"] {
+            store.insert(data(k, k), u64::MAX, 1, u64::MAX - 1);
+        }
+        assert_eq!(store.len(), 2);
+        assert_eq!(store.counters().evictions, 2);
     }
 
     #[test]
@@ -902,7 +948,7 @@ mod tests {
     fn readers_of_one_entry_open_it_concurrently() {
         // The first reader is still inside its open when the second reads
         // the same entry: the open must not hold the shard's lock.
-        let store = Store::new(4, 10);
+        let store = Store::new(4, 10, 0);
         store.insert(data(b"hot", b"sealed"), 100, 1, 0);
         let (inside, release) = (std::sync::Barrier::new(2), std::sync::Barrier::new(2));
         std::thread::scope(|scope| {
@@ -932,7 +978,7 @@ mod tests {
 
     #[test]
     fn a_failed_open_removes_the_entry_it_opened_and_not_its_replacement() {
-        let store = Store::new(4, 10);
+        let store = Store::new(4, 10, 0);
         store.insert(data(b"k", b"old"), 100, 1, 0);
         // While the old entry is being opened, an insert replaces it; the
         // open then finds its key wiped. The replacement must survive.
@@ -987,7 +1033,7 @@ mod tests {
     /// emptied cache is not evicted by the late evictions.
     #[test]
     fn late_evictions_take_only_what_the_bound_still_needs() {
-        let store = std::sync::Arc::new(Store::new(4, 1));
+        let store = std::sync::Arc::new(Store::new(4, 1, 0));
         let shard_of = |k: &[u8]| store.locate(k).0;
         let (oldest, _) = store.locate(b"k1");
         let mut others = (0..)
@@ -1029,7 +1075,7 @@ mod tests {
 
     #[test]
     fn expiry_is_exact() {
-        let store = Store::new(4, 10);
+        let store = Store::new(4, 10, 0);
         store.insert(data(b"k", b"v"), 100, 1, 0);
         assert!(get(&store, b"k", 99).is_some());
         assert!(get(&store, b"k", 100).is_none());
@@ -1039,7 +1085,7 @@ mod tests {
 
     #[test]
     fn stale_entries_are_served_only_within_grace_and_negatives_never() {
-        let store = Store::new(4, 10);
+        let store = Store::new(4, 10, 0);
         store.insert(data(b"k", b"v"), 100, 1, 0);
         store.insert_negative(b"n", 100, 1, 0);
         let read = |now, grace| {
@@ -1082,7 +1128,7 @@ mod tests {
 
     #[test]
     fn replacing_keeps_one_entry() {
-        let store = Store::new(4, 10);
+        let store = Store::new(4, 10, 0);
         store.insert(data(b"k", b"v1"), 100, 1, 0);
         store.insert(data(b"k", b"v2"), 100, 2, 0);
         assert_eq!(store.len(), 1);
@@ -1091,7 +1137,7 @@ mod tests {
 
     #[test]
     fn sweep_and_take_all() {
-        let store = Store::new(4, 100);
+        let store = Store::new(4, 100, 0);
         for i in 0..50u8 {
             store.insert(data(&[i], b"x"), 100, 1 + u64::from(i % 2), 0);
         }

@@ -134,10 +134,50 @@ fn expiry_is_exact_at_t_plus_ttl() {
     assert!(cache.with("k", |_| ()).unwrap().is_none());
 }
 
+/// At the default recency resolution (a 64th of this TTL: 937.5 ms), a read
+/// within the resolution of an entry's last refresh leaves its recency as
+/// it was, so eviction may take an entry read a moment ago, but never one
+/// whose last use came more than a resolution after the least recently used
+/// entry's; a read after the resolution refreshes.
+#[test]
+fn reads_refresh_recency_at_most_once_per_resolution() {
+    let clock = ManualClock::new();
+    let cache = cache_with(&clock, 2);
+    let resolution = TTL / 64;
+    assert_eq!(cache.recency_resolution(), resolution);
+    cache.insert("a", "a").unwrap();
+    clock.advance(Duration::from_millis(1));
+    cache.insert("b", "b").unwrap();
+    // Just under a resolution after "a" was stored: this read does not
+    // refresh it, so "a" is still the least recently refreshed.
+    clock.advance(resolution - Duration::from_millis(1) - Duration::from_nanos(2));
+    assert!(get(&cache, "a").is_some());
+    cache.insert("c", "c").unwrap();
+    assert_eq!(
+        get(&cache, "a"),
+        None,
+        "a evicted: its read was within the resolution"
+    );
+    // A resolution later, a read of "b" refreshes it: "c" goes next.
+    clock.advance(resolution);
+    assert!(get(&cache, "b").is_some());
+    cache.insert("d", "d").unwrap();
+    assert_eq!(get(&cache, "c"), None, "c evicted");
+    assert!(get(&cache, "b").is_some(), "b kept: its read refreshed it");
+    assert_eq!(cache.stats().evictions, 2);
+}
+
 #[test]
 fn lru_evicts_least_recently_used_and_reads_refresh_recency() {
     let clock = ManualClock::new();
-    let cache = cache_with(&clock, 3);
+    // Exact LRU: every read refreshes, even with the clock standing still.
+    let cache = SealCache::builder()
+        .ttl(TTL)
+        .max_entries(3)
+        .recency_resolution(Duration::ZERO)
+        .clock(clock.clone())
+        .build()
+        .expect("cache builds with every protection on this machine");
     for k in ["a", "b", "c"] {
         cache.insert(k, k).unwrap();
     }

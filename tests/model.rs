@@ -359,6 +359,7 @@ fn config_bytes_without_high_bits_leave_the_knobs_off() {
                 let config = Config::from_raw(ttl, epochs, max);
                 assert_eq!(config.negative_ttl, None);
                 assert_eq!(config.max_stale, 0);
+                assert_eq!(config.recency_resolution, 0, "exact LRU");
             }
         }
     }
@@ -527,6 +528,7 @@ fn shrunk_failures_replay_as_explicit_cases() {
         max_entries,
         negative_ttl,
         max_stale,
+        recency_resolution: 0,
     };
     // An empty value read exactly at its expiry.
     Harness::run(

@@ -8,7 +8,9 @@
 //!
 //! With the opt-in loader knobs `negative_ttl` (cached "not found":
 //! negative hits, no loader call) and `max_stale` (stale-if-error within a
-//! grace period, longer key deadlines) when the configuration turns them on.
+//! grace period, longer key deadlines) when the configuration turns them on,
+//! and a recency resolution from zero (exact LRU) to the whole TTL; the
+//! model checks the resolution's eviction guarantee at every eviction.
 //!
 //! Input format (see `fuzz/README.md`): three configuration bytes (TTL,
 //! epochs per TTL, max entries), then operations of one tag byte and fixed

@@ -5,7 +5,8 @@
 //! `cache_ops` fuzz target (`fuzz/fuzz_targets/cache_ops.rs`, which includes
 //! this file by path). The model is written from the semantics in the API
 //! notes, not from the implementation: a plain `Vec` of entries with exact
-//! expiry (`t + ttl`), one global recency counter for exact LRU, and a list
+//! expiry (`t + ttl`), one global recency stamp for LRU at the configured
+//! resolution (exact at zero), and a list
 //! of epoch keys with their deadlines (`(e + 1) * R + ttl + max_stale`), and
 //! the two opt-in loader knobs `negative_ttl` (cached "not found" entries)
 //! and `max_stale` (stale-if-error within a grace period). Any divergence
@@ -45,6 +46,9 @@ pub struct Config {
     pub negative_ttl: Option<u64>,
     /// `Builder::max_stale` in nanoseconds (0..=ttl; 0 is off).
     pub max_stale: u64,
+    /// `Builder::recency_resolution` in nanoseconds (0..=ttl; 0 is exact
+    /// LRU).
+    pub recency_resolution: u64,
 }
 
 impl Config {
@@ -55,6 +59,7 @@ impl Config {
         max_entries: 4,
         negative_ttl: None,
         max_stale: 0,
+        recency_resolution: 0,
     };
 
     /// Builds a config from arbitrary numbers, folding each into its range.
@@ -63,7 +68,8 @@ impl Config {
     /// (`max_entries % 8`) as they always did; the loader knobs come from
     /// bits that used to be ignored, so a byte below 4 (TTL) or 8 (epochs)
     /// leaves them off: `(ttl >> 2) % 8` picks `negative_ttl`, `(epochs >> 3)
-    /// % 8` picks `max_stale` (0 and 7 are off for both).
+    /// % 8` picks `max_stale` (0 and 7 are off for both), and `(max_entries
+    /// >> 3) % 8` the recency resolution (0 and 7: exact LRU).
     pub fn from_raw(ttl: u8, epochs: u8, max_entries: u8) -> Self {
         const EPOCHS: [u32; 8] = [1, 2, 3, 4, 4, 7, 16, 64];
         const MS: u64 = 1_000_000;
@@ -87,12 +93,22 @@ impl Config {
             5 => t / 2,
             _ => t,
         };
+        let recency_resolution = match (max_entries >> 3) % 8 {
+            0 | 7 => 0,
+            1 => 1,
+            2 => MS,
+            3 => 100 * MS,
+            4 => SEC / 2,
+            5 => SEC,
+            _ => t,
+        };
         Self {
             ttl_secs,
             epochs_per_ttl: EPOCHS[usize::from(epochs % 8)],
             max_entries: usize::from(max_entries % 8) + 1,
             negative_ttl,
             max_stale,
+            recency_resolution,
         }
     }
 }
@@ -203,7 +219,14 @@ struct Entry {
     value: Vec<u8>,
     expires: u64,
     key_id: u64,
+    /// Recency stamp of the last refresh.
     tick: u64,
+    /// Time of the last refresh (the stamp is this, or later when stamps
+    /// ran ahead of a clock that stood still).
+    refreshed: u64,
+    /// Time of the last use: the insert, or the last read that found the
+    /// entry live, refreshing or not.
+    used: u64,
     /// A cached "not found" (`negative_ttl`): no value and no sealed
     /// bytes; its key id is the epoch key current when it was stored.
     negative: bool,
@@ -285,6 +308,7 @@ pub struct Model {
     max_entries: usize,
     negative_ttl: Option<u64>,
     max_stale: u64,
+    recency_resolution: u64,
     now: u64,
     entries: Vec<Entry>,
     keys: Vec<EpochKey>,
@@ -304,6 +328,7 @@ impl Model {
             max_entries,
             negative_ttl: None,
             max_stale: 0,
+            recency_resolution: 0,
             now: 0,
             entries: Vec::new(),
             keys: Vec::new(),
@@ -318,6 +343,12 @@ impl Model {
     pub fn with_knobs(mut self, negative_ttl: Option<u64>, max_stale: u64) -> Self {
         self.negative_ttl = negative_ttl;
         self.max_stale = max_stale;
+        self
+    }
+
+    /// The model with a recency resolution (nanoseconds; 0: exact LRU).
+    pub fn with_recency_resolution(mut self, resolution: u64) -> Self {
+        self.recency_resolution = resolution;
         self
     }
 
@@ -338,9 +369,44 @@ impl Model {
         self.entries.iter().position(|e| e.key == key)
     }
 
+    /// A new recency stamp: the time now, or one past the last stamp if
+    /// that is later (stamps are unique and increase).
     fn next_tick(&mut self) -> u64 {
-        self.tick += 1;
+        self.tick = self.now.max(self.tick + 1);
         self.tick
+    }
+
+    /// A read of a live entry refreshes its recency, unless it was
+    /// refreshed less than the resolution ago (a stamp ahead of the clock
+    /// counts as just refreshed).
+    fn refresh(&mut self, i: usize) {
+        let now = self.now;
+        self.entries[i].used = now;
+        if now.saturating_sub(self.entries[i].tick) >= self.recency_resolution {
+            let tick = self.next_tick();
+            self.entries[i].tick = tick;
+            self.entries[i].refreshed = now;
+        }
+    }
+
+    /// The eviction guarantee of `Builder::recency_resolution`: the victim
+    /// was last used at most a resolution after any other entry, give or
+    /// take how far that entry's stamp ran ahead of its refresh.
+    fn check_victim(&self, victim: &Entry) {
+        for other in &self.entries {
+            let ahead = other.tick - other.refreshed;
+            assert!(
+                victim.used <= other.used + ahead + self.recency_resolution,
+                "evicted key-{} (used at {}) although key-{} was used at {} \
+                 (stamp {} ns ahead of its refresh; resolution {} ns)",
+                victim.key,
+                victim.used,
+                other.key,
+                other.used,
+                ahead,
+                self.recency_resolution,
+            );
+        }
     }
 
     /// The id of the current epoch's key, made on first use.
@@ -395,6 +461,8 @@ impl Model {
             expires,
             key_id,
             tick,
+            refreshed: self.now,
+            used: self.now,
             negative,
             damage: Vec::new(),
         };
@@ -411,6 +479,7 @@ impl Model {
                 .min_by_key(|(_, e)| e.tick)
                 .expect("not empty");
             let victim = self.entries.remove(lru);
+            self.check_victim(&victim);
             if self.now >= victim.expires {
                 self.stats.expirations += 1;
             } else {
@@ -435,26 +504,25 @@ impl Model {
             self.stats.expirations += 1;
             return Found::Nothing;
         }
-        if entry.negative {
-            // A live negative entry: refreshed in recency like a hit.
-            let tick = self.next_tick();
-            self.entries[i].tick = tick;
-            self.stats.negative_hits += 1;
-            return Found::Negative;
-        }
         if past {
             // Stale: a miss, kept, recency untouched, and not opened (so a
             // damaged stale entry is not noticed here).
             self.stats.misses += 1;
             return Found::Stale(entry.value.clone());
         }
-        if entry.corrupt() {
+        // A live entry (a negative one too) is refreshed when it is found,
+        // before it is opened: one that then fails to open took a stamp.
+        let (negative, corrupt) = (entry.negative, entry.corrupt());
+        self.refresh(i);
+        if negative {
+            self.stats.negative_hits += 1;
+            return Found::Negative;
+        }
+        if corrupt {
             self.entries.remove(i);
             self.stats.integrity_failures += 1;
             return Found::Corrupt;
         }
-        let tick = self.next_tick();
-        self.entries[i].tick = tick;
         self.stats.hits += 1;
         Found::Value(self.entries[i].value.clone())
     }
@@ -618,6 +686,7 @@ impl Harness {
         if config.max_stale > 0 {
             builder = builder.max_stale(Duration::from_nanos(config.max_stale));
         }
+        builder = builder.recency_resolution(Duration::from_nanos(config.recency_resolution));
         let cache = builder
             .build()
             .expect("a cache builds with every protection on this machine");
@@ -625,7 +694,8 @@ impl Harness {
         assert_eq!(cache.ttl(), ttl);
         assert_eq!(cache.max_entries(), config.max_entries);
         let model = Model::new(config.ttl_secs * SEC, epoch, config.max_entries)
-            .with_knobs(config.negative_ttl, config.max_stale);
+            .with_knobs(config.negative_ttl, config.max_stale)
+            .with_recency_resolution(config.recency_resolution);
         Self {
             clock,
             cache,
