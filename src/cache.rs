@@ -306,7 +306,7 @@ impl SealCache {
         let key = key.key_bytes();
         let (shard, _) = self.store().locate(key);
         secret.with_plaintext(|plaintext| {
-            self.flights().fence(shard, key, || {
+            self.flights().fence_on_success(shard, key, || {
                 self.store_plaintext(key, plaintext, self.now())
             })
         })

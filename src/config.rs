@@ -97,8 +97,8 @@ pub enum ConfigError {
         /// The variable, e.g. `SEALCACHE_TTL_SECS`.
         variable: &'static str,
         /// The value, quoted (`"-5"`), if it is made only of digits and
-        /// signs (at most 64 of them), else only its length, e.g.
-        /// `<7 characters>`:
+        /// signs and is at most 64 characters long, else only its length,
+        /// e.g. `<7 characters>`:
         /// these variables hold a TTL and a count, but a misrouted one (a
         /// template that put a password there) must not reach the logs.
         value: String,
@@ -548,8 +548,10 @@ fn parse_env(
     let numeric = lossy
         .chars()
         .all(|c| c.is_ascii_digit() || c == '+' || c == '-');
-    let shown = if numeric && !lossy.is_empty() {
-        format!("{:?}", lossy.chars().take(64).collect::<String>())
+    // Up to 64 digits and signs are quoted whole; anything longer is shown
+    // by its length, never cut (a cut value would not be the one set).
+    let shown = if numeric && !lossy.is_empty() && lossy.len() <= 64 {
+        format!("{lossy:?}")
     } else {
         format!("<{} characters>", lossy.chars().count())
     };
@@ -701,6 +703,16 @@ mod tests {
         assert!(text.contains("<16 characters>"), "{text}");
         let err = env(None, Some("")).unwrap_err().to_string();
         assert!(err.contains("<0 characters> is empty"), "{err}");
+        // A numeric value is quoted whole up to 64 characters; a longer one
+        // (a numeric token put there by mistake) only by its length.
+        let long = format!("{}9999", "0".repeat(70));
+        let err = env(Some(&long), None).unwrap_err().to_string();
+        assert!(
+            !err.contains("0000") && err.contains("<74 characters>"),
+            "{err}"
+        );
+        let err = env(Some(&"9".repeat(64)), None).unwrap_err().to_string();
+        assert!(err.contains(&format!("{:?}", "9".repeat(64))), "{err}");
     }
 
     #[test]

@@ -17,7 +17,7 @@ use std::fmt;
 use std::future::Future;
 #[cfg(feature = "async")]
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::task::Waker;
 #[cfg(feature = "async")]
@@ -180,6 +180,11 @@ pub(crate) struct Flight {
     state: Mutex<FlightState>,
     done: Condvar,
     generation: u64,
+    /// Set when the loader itself unwound (a panic inside it), as opposed to
+    /// a leader dropped while its thread unwinds for another reason (a
+    /// sibling future's panic in the same task): only the first is
+    /// [`LoadError::LoaderPanicked`] for the waiters.
+    loader_unwound: AtomicBool,
 }
 
 thread_local! {
@@ -191,8 +196,8 @@ thread_local! {
 }
 
 /// The identity of a flight in [`LEADING`].
-fn flight_id(flight: &Arc<Flight>) -> usize {
-    Arc::as_ptr(flight) as usize
+fn flight_id(flight: &Flight) -> usize {
+    std::ptr::from_ref(flight) as usize
 }
 
 /// Whether `flight`'s loader is running on this thread (we are inside it).
@@ -201,21 +206,28 @@ fn led_here(flight: &Arc<Flight>) -> bool {
     LEADING.with(|leading| leading.borrow().contains(&id))
 }
 
-/// Marks a flight as led on this thread until dropped (also by a panic).
-struct LeadingMark(usize);
+/// Held while a flight's loader runs (a blocking loader, or one poll of an
+/// async one): marks the flight as led on this thread, and, if the loader
+/// unwinds, records that on the flight.
+struct LeadingMark<'a>(&'a Flight);
 
-impl LeadingMark {
-    fn new(id: usize) -> Self {
-        LEADING.with(|leading| leading.borrow_mut().push(id));
-        Self(id)
+impl<'a> LeadingMark<'a> {
+    fn new(flight: &'a Flight) -> Self {
+        LEADING.with(|leading| leading.borrow_mut().push(flight_id(flight)));
+        Self(flight)
     }
 }
 
-impl Drop for LeadingMark {
+impl Drop for LeadingMark<'_> {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            // Dropped by an unwind that started inside the loader.
+            self.0.loader_unwound.store(true, Ordering::Release);
+        }
+        let id = flight_id(self.0);
         LEADING.with(|leading| {
             let mut leading = leading.borrow_mut();
-            if let Some(at) = leading.iter().rposition(|&id| id == self.0) {
+            if let Some(at) = leading.iter().rposition(|&led| led == id) {
                 leading.remove(at);
             }
         });
@@ -303,16 +315,38 @@ impl Flights {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Fences the flight of `key` (if any) and runs `then` under the same
+    /// Runs `then` and fences the flight of `key` (if any) under the same
     /// lock, so a load that finishes later cannot store a value from before.
     pub(crate) fn fence<R>(&self, shard: usize, key: &[u8], then: impl FnOnce() -> R) -> R {
+        self.fence_if(shard, key, then, |_| true)
+    }
+
+    /// As [`fence`](Self::fence), but fences only if `then` succeeded: a
+    /// write that was rejected changed nothing, so the load goes on.
+    pub(crate) fn fence_on_success<T, E>(
+        &self,
+        shard: usize,
+        key: &[u8],
+        then: impl FnOnce() -> Result<T, E>,
+    ) -> Result<T, E> {
+        self.fence_if(shard, key, then, Result::is_ok)
+    }
+
+    fn fence_if<R>(
+        &self,
+        shard: usize,
+        key: &[u8],
+        then: impl FnOnce() -> R,
+        fences: impl FnOnce(&R) -> bool,
+    ) -> R {
         let map = self.lock(shard);
-        if self.active.load(Ordering::Acquire) > 0
+        let result = then();
+        if fences(&result)
+            && self.active.load(Ordering::Acquire) > 0
             && let Some(flight) = map.get(key)
         {
             flight.lock().fenced = true;
         }
-        let result = then();
         drop(map);
         result
     }
@@ -371,11 +405,15 @@ impl Drop for Leader<'_> {
             let mut map = self.cache.flights().lock(self.shard);
             self.unregister(&mut map);
         }
-        self.flight.complete(if std::thread::panicking() {
-            Outcome::Panicked
-        } else {
-            Outcome::Abandoned
-        });
+        // A leader dropped by its loader's panic; otherwise one dropped
+        // unfinished (an async leader cancelled, or unwound by a panic
+        // elsewhere in its task): a waiter takes over.
+        self.flight
+            .complete(if self.flight.loader_unwound.load(Ordering::Acquire) {
+                Outcome::Panicked
+            } else {
+                Outcome::Abandoned
+            });
     }
 }
 
@@ -472,7 +510,7 @@ impl SealCache {
                         return Err(LoadError::LoaderPanicked);
                     };
                     bump(&self.load_counters().loads);
-                    let mark = LeadingMark::new(flight_id(&leader.flight));
+                    let mark = LeadingMark::new(&leader.flight);
                     let loaded = loader();
                     drop(mark);
                     return self.settle(leader, loaded, fallback);
@@ -536,10 +574,10 @@ impl SealCache {
                     bump(&self.load_counters().loads);
                     // Marked as led on whichever thread polls it, while it
                     // is polled.
-                    let id = flight_id(&leader.flight);
+                    let flight = &*leader.flight;
                     let mut loader = std::pin::pin!(loader);
                     let loaded = std::future::poll_fn(|cx| {
-                        let _mark = LeadingMark::new(id);
+                        let _mark = LeadingMark::new(flight);
                         loader.as_mut().poll(cx)
                     })
                     .await;
@@ -633,6 +671,7 @@ impl SealCache {
             state: Mutex::new(FlightState::default()),
             done: Condvar::new(),
             generation: flights.generation.load(Ordering::Acquire),
+            loader_unwound: AtomicBool::new(false),
         });
         map.insert(Box::from(key), Arc::clone(&flight));
         flights.active.fetch_add(1, Ordering::AcqRel);

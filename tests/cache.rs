@@ -857,9 +857,11 @@ impl sealcache::Clock for ParkingClock {
     }
 }
 
-/// A parent thread holds a lock of the cache when another thread forks: the
-/// child, where that lock stays held forever, gets `Error::Forked` (or a
-/// no-op) from every entry point instead of hanging on it.
+/// Parent threads hold locks of the cache when another thread forks (the
+/// flight-table lock that `insert`, `invalidate` and loads take, and the
+/// store shard lock that reads take): the child, where those locks stay
+/// held forever, gets `Error::Forked` (or a no-op) from every entry point
+/// instead of hanging on them.
 #[test]
 fn a_forked_child_refuses_even_while_a_parent_thread_held_a_cache_lock() {
     if !in_child(
@@ -886,6 +888,20 @@ fn a_forked_child_refuses_even_while_a_parent_thread_held_a_cache_lock() {
             .unwrap()
     };
     clock.parked.wait(); // `parked` now holds the flight-table lock of "k"
+    // A second thread holds the store shard lock of "k" (tampering holds it
+    // while its closure runs).
+    let shard_held = Arc::new(std::sync::Barrier::new(2));
+    let shard_release = Arc::new(std::sync::Barrier::new(2));
+    let shard_holder = {
+        let (cache, held, release) = (cache.clone(), shard_held.clone(), shard_release.clone());
+        thread::spawn(move || {
+            testing::tamper(&cache, b"k", |_| {
+                held.wait();
+                release.wait();
+            })
+        })
+    };
+    shard_held.wait();
     // SAFETY: the child only calls the cache (whose entry points must not
     // take the held lock) and `_exit`s; `alarm` turns a hang into SIGALRM.
     let pid = unsafe { libc::fork() };
@@ -910,6 +926,8 @@ fn a_forked_child_refuses_even_while_a_parent_thread_held_a_cache_lock() {
     let mut status = 0;
     // SAFETY: waiting for the child we just created.
     let waited = unsafe { libc::waitpid(pid, &mut status, 0) };
+    shard_release.wait();
+    assert!(shard_holder.join().unwrap(), "the holder found the entry");
     clock.resume.wait();
     inserter.join().unwrap().unwrap();
     assert_eq!(waited, pid);

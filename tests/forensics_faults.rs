@@ -395,6 +395,11 @@ fn nolock_child() {
         "auto_require",
         failure_kind(build(Backend::Auto, Protection::Require)),
     );
+    // The default builder, no protection named: `Require` is the default.
+    forensics::send_value(
+        "default_builder",
+        failure_kind(SealCache::builder().clock(ManualClock::new()).build()),
+    );
     let auto = build(Backend::Auto, Protection::BestEffort).expect("auto best effort builds");
     let report = auto.protections();
     forensics::send_value(
@@ -411,8 +416,9 @@ fn nolock_child() {
     forensics::wait_for_parent();
 }
 
-/// Without CAP_IPC_LOCK and with RLIMIT_MEMLOCK = 0: `Require` refuses to
-/// build with a typed `Mlock` error; `BestEffort` builds, works, and reports
+/// Without CAP_IPC_LOCK and with RLIMIT_MEMLOCK = 0: `Require`, which is
+/// also what a builder that names no protection gets, refuses to build with
+/// a typed `Mlock` error; `BestEffort` builds, works, and reports
 /// mlock off; memfd_secret fails with a typed error when forced and falls
 /// back to (unlocked, reported) anonymous memory under `Auto`.
 #[test]
@@ -433,6 +439,7 @@ fn without_cap_ipc_lock_and_memlock_require_fails_typed_and_best_effort_reports(
     assert_kind(&lines, "memfd_require", "MemfdSecret");
     assert_kind(&lines, "memfd_best_effort", "MemfdSecret");
     assert_kind(&lines, "auto_require", "Mlock");
+    assert_kind(&lines, "default_builder", "Mlock");
     assert_eq!(
         forensics::value(&lines, "auto_best_effort"),
         "works=true backend=locked_anonymous memfd_secret=false mlock=false \

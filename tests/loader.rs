@@ -50,6 +50,16 @@ fn wait_until(cond: impl Fn() -> bool) {
     panic!("condition never became true");
 }
 
+/// A multi-threaded tokio runtime with two workers (one per core here).
+#[cfg(feature = "async")]
+fn two_worker_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
 #[test]
 fn sixty_four_threads_missing_one_key_make_exactly_one_load_fifty_times() {
     let clock = ManualClock::new();
@@ -804,11 +814,7 @@ fn an_async_loader_asking_for_its_own_key_gets_reentrant_instead_of_hanging() {
         .enable_all()
         .build()
         .unwrap();
-    let multi = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let multi = two_worker_runtime();
     for runtime in [single, multi] {
         let clock = ManualClock::new();
         let cache = cache(&clock);
@@ -837,11 +843,7 @@ fn an_async_loader_asking_for_its_own_key_gets_reentrant_instead_of_hanging() {
 #[cfg(feature = "async")]
 #[test]
 fn async_path_makes_exactly_one_load_for_sixty_four_tasks() {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = two_worker_runtime();
     let clock = ManualClock::new();
     let cache = cache(&clock);
     let calls = Arc::new(AtomicUsize::new(0));
@@ -881,11 +883,7 @@ fn async_path_makes_exactly_one_load_for_sixty_four_tasks() {
 #[cfg(feature = "async")]
 #[test]
 fn a_cancelled_async_leader_hands_the_load_to_a_waiter() {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = two_worker_runtime();
     let clock = ManualClock::new();
     let cache = cache(&clock);
     runtime.block_on(async {
@@ -945,4 +943,73 @@ fn a_caller_arriving_after_invalidate_never_receives_the_fenced_load() {
         "the detached, fenced load stored nothing"
     );
     assert_eq!(cache.stats().loads, 2);
+}
+
+/// An async leader whose task unwinds because of a panic outside the loader
+/// (a sibling branch of a `join!`) was dropped, not failed: a waiter takes
+/// over and loads, instead of getting `LoaderPanicked`.
+#[cfg(feature = "async")]
+#[test]
+fn an_async_leader_unwound_by_a_panic_elsewhere_in_its_task_hands_over_to_a_waiter() {
+    let runtime = two_worker_runtime();
+    let clock = ManualClock::new();
+    let cache = cache(&clock);
+    let (boom_tx, boom_rx) = tokio::sync::oneshot::channel::<()>();
+    let leading = cache.clone();
+    let leader = runtime.spawn(async move {
+        let load = leading.get_or_try_load_async("k", async {
+            std::future::pending::<()>().await;
+            Ok::<Option<&str>, DbError>(None)
+        });
+        let sibling = async move {
+            let _ = boom_rx.await;
+            panic!("a bug in a sibling branch of the leader's task (deliberate)");
+        };
+        let (loaded, ()) = tokio::join!(load, sibling);
+        loaded.is_ok()
+    });
+    wait_until(|| cache.stats().loads == 1);
+    let waiting = cache.clone();
+    let waiter = thread::spawn(move || {
+        value(waiting.get_or_try_load("k", || Ok::<_, DbError>(Some("from-the-waiter"))))
+    });
+    wait_until(|| cache.stats().coalesced_waits == 1);
+    boom_tx.send(()).unwrap();
+    assert!(
+        runtime.block_on(leader).is_err(),
+        "the leader's task panicked"
+    );
+    assert_eq!(waiter.join().unwrap().unwrap(), b"from-the-waiter");
+    assert_eq!(cache.stats().loads, 2);
+}
+
+/// An `insert` that is rejected (a value over `MAX_VALUE_LEN`) changes
+/// nothing: a load of the same key in flight still stores its value.
+#[test]
+fn a_rejected_insert_does_not_fence_a_load_in_flight() {
+    let clock = ManualClock::new();
+    let cache = cache(&clock);
+    let (started_tx, started_rx) = mpsc::channel();
+    let (release_tx, release_rx) = mpsc::channel::<()>();
+    let loading = cache.clone();
+    let load = thread::spawn(move || {
+        value(loading.get_or_try_load("k", || {
+            started_tx.send(()).unwrap();
+            release_rx.recv().unwrap();
+            Ok::<_, DbError>(Some("fresh"))
+        }))
+    });
+    started_rx.recv().unwrap();
+    let too_long = vec![0u8; sealcache::MAX_VALUE_LEN + 1];
+    assert!(matches!(
+        cache.insert("k", too_long),
+        Err(sealcache::Error::ValueTooLong { .. })
+    ));
+    release_tx.send(()).unwrap();
+    assert_eq!(load.join().unwrap().unwrap(), b"fresh");
+    assert_eq!(
+        cache.get("k").unwrap().unwrap().expose_secret(),
+        b"fresh",
+        "the load's value was stored"
+    );
 }

@@ -197,6 +197,23 @@ mod tests {
     #[test]
     fn harden_process_makes_the_process_non_dumpable_with_no_core_limit() {
         let code = in_child(|| {
+            // Start from a nonzero soft core limit (a shell's `ulimit -c 0`
+            // would otherwise make the check below pass on its own).
+            let mut start = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            // SAFETY: writes one rlimit to a valid local.
+            if unsafe { libc::getrlimit(libc::RLIMIT_CORE, &mut start) } != 0 {
+                return 4;
+            }
+            start.rlim_max = start.rlim_max.max(1 << 20);
+            start.rlim_cur = start.rlim_max;
+            // SAFETY: reads one rlimit from a valid local; raising the hard
+            // limit needs CAP_SYS_RESOURCE, which the crate's tests run with.
+            if unsafe { libc::setrlimit(libc::RLIMIT_CORE, &start) } != 0 {
+                return 5;
+            }
             let Ok(report) = harden_process() else {
                 return 1;
             };
