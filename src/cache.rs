@@ -76,9 +76,11 @@ pub struct Stats {
     pub loads: u64,
     /// Loader calls that returned an error.
     pub load_errors: u64,
-    /// Callers that missed but took another caller's load instead of
-    /// loading: by waiting for it, or by finding its value stored just
-    /// after their miss.
+    /// Callers that missed but did not load: they waited for another
+    /// caller's load and took its outcome, or found a value stored just
+    /// after their miss (by a load that finished, or by an `insert`). A
+    /// waiter counts while it waits; one that then loads itself (its leader
+    /// was cancelled, or its value was fenced) is taken back out.
     pub coalesced_waits: u64,
     /// Reads answered by a cached "not found" (negative caching).
     pub negative_hits: u64,

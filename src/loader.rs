@@ -43,6 +43,12 @@ pub enum LoadError<E> {
     /// panic, the waiters get this. The key is not wedged: the next call
     /// loads again.
     LoaderPanicked,
+    /// Another caller's loader for this key failed, and its error has
+    /// another type than this caller's loader's (two call sites load the
+    /// key with different error types). This caller did not load again: a
+    /// failing database sees one load per miss, not one per error type.
+    /// The next call loads again.
+    LoaderFailedElsewhere,
     /// A loader asked the cache for the key it is loading (directly, or
     /// through other keys' loaders that it runs), in the blocking or the
     /// async form: waiting for its own flight would never end. Load the
@@ -56,6 +62,7 @@ impl<E> Clone for LoadError<E> {
             Self::Cache(err) => Self::Cache(err.clone()),
             Self::Loader(err) => Self::Loader(Arc::clone(err)),
             Self::LoaderPanicked => Self::LoaderPanicked,
+            Self::LoaderFailedElsewhere => Self::LoaderFailedElsewhere,
             Self::Reentrant => Self::Reentrant,
         }
     }
@@ -67,6 +74,9 @@ impl<E: fmt::Display> fmt::Display for LoadError<E> {
             Self::Cache(err) => write!(f, "cache error: {err}"),
             Self::Loader(err) => write!(f, "loader failed: {err}"),
             Self::LoaderPanicked => f.write_str("the loader panicked in the caller that ran it"),
+            Self::LoaderFailedElsewhere => f.write_str(
+                "the loader of the caller this one waited for failed (with an error of another type)",
+            ),
             Self::Reentrant => {
                 f.write_str("a loader asked for the key it is loading: it would wait for itself")
             }
@@ -86,7 +96,10 @@ impl<E: std::error::Error + 'static> std::error::Error for LoadError<E> {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             Self::Loader(err) => err.source(),
-            Self::Cache(_) | Self::LoaderPanicked | Self::Reentrant => None,
+            Self::Cache(_)
+            | Self::LoaderPanicked
+            | Self::LoaderFailedElsewhere
+            | Self::Reentrant => None,
         }
     }
 }
@@ -359,7 +372,12 @@ impl Flights {
     }
 
     fn is_fenced(&self, flight: &Flight) -> bool {
-        flight.lock().fenced || flight.generation != self.generation.load(Ordering::Acquire)
+        flight.lock().fenced || self.invalidated_all_since(flight)
+    }
+
+    /// Whether `invalidate_all` ran since `flight` started.
+    fn invalidated_all_since(&self, flight: &Flight) -> bool {
+        flight.generation != self.generation.load(Ordering::Acquire)
     }
 }
 
@@ -437,8 +455,10 @@ impl SealCache {
     /// - On a hit the loader is not called.
     /// - On a miss exactly one caller runs its loader; every concurrent
     ///   caller for the same key waits and receives the same outcome (the
-    ///   value, the same "not found", or the same error). Different keys
-    ///   load in parallel.
+    ///   value, the same "not found", or the same error; a waiter whose
+    ///   loader has another error type than the leader's gets
+    ///   [`LoadError::LoaderFailedElsewhere`]). Different keys load in
+    ///   parallel.
     /// - If `invalidate(key)`, `insert(key, ..)` or `invalidate_all()` runs
     ///   while the load is in flight, the loaded value is returned to its
     ///   callers but not cached.
@@ -474,7 +494,8 @@ impl SealCache {
     ///
     /// # Errors
     /// [`LoadError::Loader`] with the loader's error, [`LoadError::LoaderPanicked`]
-    /// for waiters of a loader that panicked, [`LoadError::Reentrant`] for a
+    /// for waiters of a loader that panicked, [`LoadError::LoaderFailedElsewhere`]
+    /// for waiters of a loader that failed with an error of another type, [`LoadError::Reentrant`] for a
     /// loader that asks for its own key, [`LoadError::Cache`] for a cache
     /// error (integrity, fork, ...).
     ///
@@ -502,6 +523,9 @@ impl SealCache {
                     if let Some(result) = self.received::<E>(flight.wait()) {
                         return result;
                     }
+                    self.load_counters()
+                        .coalesced_waits
+                        .fetch_sub(1, Ordering::Relaxed);
                 }
                 Step::Lead { leader, fallback } => {
                     // A caller leads at most once (it returns right after),
@@ -565,6 +589,9 @@ impl SealCache {
                     if let Some(result) = self.received::<E>(outcome) {
                         return result;
                     }
+                    self.load_counters()
+                        .coalesced_waits
+                        .fetch_sub(1, Ordering::Relaxed);
                 }
                 Step::Lead { leader, fallback } => {
                     // As in the blocking form: a caller leads at most once.
@@ -713,8 +740,9 @@ impl SealCache {
             Outcome::Panicked => Err(LoadError::LoaderPanicked),
             Outcome::Error(any) => match any.downcast::<E>() {
                 Ok(err) => Err(LoadError::Loader(err)),
-                // The leader's loader had another error type: load ourselves.
-                Err(_) => return None,
+                // The leader's loader had another error type. Loading again
+                // would double the load on a failing database.
+                Err(_) => Err(LoadError::LoaderFailedElsewhere),
             },
         })
     }
@@ -774,14 +802,23 @@ impl SealCache {
                 bump(&self.load_counters().load_errors);
                 // The fallback is read now, not when the flight started:
                 // under the flight table's lock, which `invalidate` also
-                // takes, so a value invalidated meanwhile (the flight is
-                // then fenced, or the entry gone) or expired meanwhile
-                // (past its TTL, or past `max_stale`) is never served, and
-                // nobody can join the flight between this read and its end.
+                // takes, so a value invalidated meanwhile (the entry is
+                // gone) or expired meanwhile (past its TTL, or past
+                // `max_stale`) is never served, and nobody can join the
+                // flight between this read and its end. If an `insert` or
+                // `invalidate` fenced the flight, only a live entry is
+                // served: it was stored after the fence. After an
+                // `invalidate_all`, nothing is.
                 let (served, waiters) = {
                     let mut map = self.flights().lock(leader.shard);
-                    let served = if fallback && !self.flights().is_fenced(&leader.flight) {
-                        match self.peek_secret(key, self.now(), Stale::Open) {
+                    let flights = self.flights();
+                    let served = if fallback && !flights.invalidated_all_since(&leader.flight) {
+                        let stale = if leader.flight.lock().fenced {
+                            Stale::Skip
+                        } else {
+                            Stale::Open
+                        };
+                        match self.peek_secret(key, self.now(), stale) {
                             Ok(Read::Hit(secret, _)) => Some(secret),
                             Ok(Read::Stale(Some(secret))) => {
                                 bump(&self.load_counters().stale_served);

@@ -839,6 +839,8 @@ fn text_of_every_public_type_error_and_panicking_loader_holds_no_secret() {
         })
         .expect_err("loader error");
     texts.push(format!("{loader_err} {loader_err:?}"));
+    let elsewhere = LoadError::<String>::LoaderFailedElsewhere;
+    texts.push(format!("{elsewhere} {elsewhere:?}"));
     // A loader that asks for the secret it is loading.
     let reentrant = cache
         .get_or_try_load("reentrant", || -> Result<Option<Vec<u8>>, String> {

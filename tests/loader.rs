@@ -914,6 +914,9 @@ fn a_cancelled_async_leader_hands_the_load_to_a_waiter() {
         assert!(leader.await.is_err());
         assert_eq!(waiter.await.unwrap().unwrap(), b"second");
     });
+    // The waiter loaded after all: it did not take another caller's load.
+    let stats = cache.stats();
+    assert_eq!((stats.loads, stats.coalesced_waits), (2, 0));
 }
 
 #[test]
@@ -1011,5 +1014,75 @@ fn a_rejected_insert_does_not_fence_a_load_in_flight() {
         cache.get("k").unwrap().unwrap().expose_secret(),
         b"fresh",
         "the load's value was stored"
+    );
+}
+
+/// Two call sites load one key with different error types while the
+/// database is down: the waiter does not run a second load (a failing
+/// database sees one load per miss storm); it gets `LoaderFailedElsewhere`.
+#[test]
+fn a_waiter_with_another_error_type_does_not_load_again_after_the_leader_fails() {
+    let clock = ManualClock::new();
+    let cache = cache(&clock);
+    let calls = Arc::new(AtomicUsize::new(0));
+    let (started_tx, started_rx) = mpsc::channel();
+    let (release_tx, release_rx) = mpsc::channel::<()>();
+    let (leading, leader_calls) = (cache.clone(), Arc::clone(&calls));
+    let leader = thread::spawn(move || {
+        leading.get_or_try_load("k", || {
+            leader_calls.fetch_add(1, Ordering::SeqCst);
+            started_tx.send(()).unwrap();
+            release_rx.recv().unwrap();
+            Err::<Option<&str>, _>(DbError("db down"))
+        })
+    });
+    started_rx.recv().unwrap();
+    let (waiting, waiter_calls) = (cache.clone(), Arc::clone(&calls));
+    let waiter = thread::spawn(move || {
+        waiting.get_or_try_load("k", || {
+            waiter_calls.fetch_add(1, Ordering::SeqCst);
+            Err::<Option<&str>, _>(std::io::Error::other("db down"))
+        })
+    });
+    wait_until(|| cache.stats().coalesced_waits == 1);
+    release_tx.send(()).unwrap();
+    assert!(matches!(leader.join().unwrap(), Err(LoadError::Loader(_))));
+    let waited = waiter.join().unwrap();
+    assert!(
+        matches!(waited, Err(LoadError::LoaderFailedElsewhere)),
+        "{waited:?}"
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "one miss storm, one load");
+    assert_eq!(cache.stats().loads, 1);
+}
+
+/// A refresh that fails after an `insert` replaced the entry serves the
+/// inserted value, which is live and newer than the load: the fence keeps
+/// the load from storing, not the caller from reading what is cached.
+#[test]
+fn a_failed_refresh_serves_a_value_inserted_while_it_ran() {
+    let clock = ManualClock::new();
+    let cache = refreshing_cache(&clock, 0.5);
+    cache.insert("k", "v1").unwrap();
+    clock.advance(TTL / 2 + Duration::from_secs(1));
+    let (started_tx, started_rx) = mpsc::channel();
+    let (release_tx, release_rx) = mpsc::channel::<()>();
+    let refreshing = cache.clone();
+    let refresh = thread::spawn(move || {
+        value(refreshing.get_or_try_load("k", || {
+            started_tx.send(()).unwrap();
+            release_rx.recv().unwrap();
+            Err::<Option<&str>, _>(DbError("db down"))
+        }))
+    });
+    started_rx.recv().unwrap();
+    cache.insert("k", "v2").unwrap();
+    release_tx.send(()).unwrap();
+    assert_eq!(refresh.join().unwrap().unwrap(), b"v2");
+    assert_eq!(cache.get("k").unwrap().unwrap().expose_secret(), b"v2");
+    let stats = cache.stats();
+    assert_eq!(
+        (stats.refreshes, stats.load_errors, stats.stale_served),
+        (1, 1, 0)
     );
 }
