@@ -21,7 +21,10 @@ pub type ClockWaker = Box<dyn Fn() -> bool + Send + Sync>;
 /// A monotonic source of time for a [`SealCache`](crate::SealCache).
 ///
 /// `now` must never go backwards. Its origin is arbitrary (boot, process
-/// start, zero): only differences matter.
+/// start, zero): only differences matter. The cache counts in `u64`
+/// nanoseconds: a reading must stay at least TTL + `max_stale` below
+/// `u64::MAX` nanoseconds (584 years), or expiries saturate at the end of
+/// that range and entries expire as soon as they are stored.
 pub trait Clock: Send + Sync + fmt::Debug + 'static {
     /// The current reading.
     fn now(&self) -> Duration;

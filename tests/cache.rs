@@ -11,8 +11,14 @@ use std::thread;
 use std::time::Duration;
 
 use sealcache::{
-    Backend, Error, ExposeSecret, ManualClock, Protection, SealCache, SecretBytes, testing,
+    Backend, Error, ExposeSecret, LoadError, ManualClock, Protection, SealCache, SecretBytes,
+    testing,
 };
+
+#[path = "common/leaks.rs"]
+mod leaks;
+
+use leaks::assert_clean;
 
 const TTL: Duration = Duration::from_secs(60);
 
@@ -305,6 +311,11 @@ fn sealing_binds_epoch_key_and_cache_key() {
         testing::open(&key, 5, b"nam", &sealed).is_none(),
         "other cache key"
     );
+    // Same length: the key's bytes are bound, not only its length.
+    assert!(
+        testing::open(&key, 5, b"nama", &sealed).is_none(),
+        "other cache key of the same length"
+    );
     assert!(
         testing::open(&[8u8; 32], 5, b"name", &sealed).is_none(),
         "other key"
@@ -453,29 +464,36 @@ fn debug_output_of_every_public_type_holds_no_secret_byte() {
     cache.insert("k", secret).unwrap();
     let got = cache.get("k").unwrap().unwrap();
     let keys = testing::export_live_keys(&cache);
+    let builder = SealCache::builder().clock(clock.clone());
+    let load_errors = [
+        LoadError::<String>::Loader(Arc::new("db down".into())),
+        LoadError::LoaderPanicked,
+        LoadError::LoaderFailedElsewhere,
+        LoadError::Reentrant,
+        LoadError::Cache(Error::Integrity),
+    ];
+    let config_error = SealCache::builder()
+        .ttl(Duration::ZERO)
+        .build()
+        .expect_err("a zero TTL is rejected");
     let shown = format!(
-        "{cache:?} {got:?} {:?} {:?} {} {clock:?} {:?}",
+        "{cache:?} {got:?} {:?} {:?} {} {clock:?} {:?} {builder:?} {load_errors:?} \
+         {config_error} {config_error:?} {:?} {:?}",
         cache.stats(),
         cache.protections(),
         cache.protections(),
         SecretBytes::from(secret),
+        sealcache::BootClock,
+        [
+            Error::Integrity,
+            Error::Forked,
+            Error::Random,
+            Error::Reaper
+        ],
     );
-    assert!(!shown.contains("TOPSECRET"), "{shown}");
-    assert!(!shown.contains(&format!("{:?}", secret.as_bytes())));
-    for key in keys {
-        let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
-        assert!(!shown.contains(&hex));
-        assert!(!shown.contains(&format!("{:?}", &key[..8])));
-    }
-    for err in [
-        Error::Integrity,
-        Error::Forked,
-        Error::Random,
-        Error::Reaper,
-    ] {
-        let text = format!("{err} {err:?}");
-        assert!(!text.contains("TOPSECRET"));
-    }
+    let mut secrets: Vec<&[u8]> = vec![secret.as_bytes()];
+    secrets.extend(keys.iter().map(<[u8; 32]>::as_slice));
+    assert_clean(&shown, &secrets, "Debug output");
 }
 
 #[test]
@@ -1036,6 +1054,33 @@ fn cache_with_a_clock_that_panics_on_reaper() -> (SealCache, ManualClock, Arc<At
         .build()
         .unwrap();
     (cache, inner, panics)
+}
+
+/// The reaper's own timer, as in production: nothing wakes it (its clock
+/// registers no waker) and nothing calls the cache but `stats()`. A key is
+/// not wiped a nanosecond before its deadline, even after the reaper has
+/// re-read the clock (it sleeps at most a second), and is wiped within a
+/// second of the deadline, plus scheduling, once the clock reaches it.
+#[test]
+fn the_reapers_own_timer_wipes_a_key_at_its_deadline_and_not_before() {
+    let (cache, clock, _) = cache_with_a_clock_that_panics_on_reaper();
+    cache.insert("k", "v").unwrap();
+    // Inserted at 0, in epoch 0: the key's deadline is end(0) + ttl.
+    let deadline = cache.epoch_length() + TTL;
+    clock.advance(deadline - Duration::from_nanos(1));
+    thread::sleep(Duration::from_millis(1500));
+    assert_eq!(cache.stats().keys_wiped, 0, "not before its deadline");
+    clock.advance(Duration::from_nanos(1));
+    let start = std::time::Instant::now();
+    while cache.stats().keys_wiped == 0 && start.elapsed() < Duration::from_secs(5) {
+        thread::sleep(Duration::from_millis(5));
+    }
+    let took = start.elapsed();
+    assert_eq!(cache.stats().keys_wiped, 1, "wiped after its deadline");
+    assert!(
+        took < Duration::from_millis(1500),
+        "wiped {took:?} after its deadline (the reaper sleeps at most 1 s)"
+    );
 }
 
 /// A `Clock` is user code: one panic on the reaper thread must not stop

@@ -9,6 +9,10 @@
 
 #[path = "forensics/mod.rs"]
 mod forensics;
+#[path = "common/leaks.rs"]
+mod leaks;
+
+use leaks::assert_clean;
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::{Duration, Instant};
@@ -682,32 +686,6 @@ fn after_harden_process_a_same_user_process_cannot_read_or_trace_it() {
 // Claim C12: leak-free text.
 // ---------------------------------------------------------------------------
 
-/// Every rendering of a secret that a formatter could produce: raw, hex
-/// (both cases), `Debug` of byte slices, `\x` escapes — of every 4-byte
-/// window, so a partial leak is caught too.
-fn forbidden_fragments(secret: &[u8]) -> Vec<String> {
-    let mut out = Vec::new();
-    for w in secret.windows(4) {
-        out.push(String::from_utf8_lossy(w).into_owned());
-        out.push(w.iter().map(|b| format!("{b:02x}")).collect());
-        out.push(w.iter().map(|b| format!("{b:02X}")).collect());
-        out.push(format!("{w:?}").trim_matches(['[', ']']).to_string());
-        out.push(w.iter().map(|b| format!("\\x{b:02x}")).collect());
-    }
-    out
-}
-
-fn assert_clean(text: &str, secrets: &[&[u8]], what: &str) {
-    for secret in secrets {
-        for fragment in forbidden_fragments(secret) {
-            assert!(
-                !text.contains(&fragment),
-                "{what} leaks secret fragment {fragment:?}: {text}"
-            );
-        }
-    }
-}
-
 /// Debug/Display of every public type, every error message the cache can
 /// produce, and what a panicking loader's caller and waiters receive hold no
 /// byte sequence of any secret or epoch key.
@@ -756,10 +734,13 @@ fn text_of_every_public_type_error_and_panicking_loader_holds_no_secret() {
         .build()
         .expect_err("zero ttl");
     // Configuration errors show a rejected value only if it is numeric (a
-    // non-numeric TTL shows as its length), and name an unknown variable.
-    let env: ConfigError =
-        Builder::from_env_with(|name| (name == sealcache::ENV_TTL_SECS).then(|| "sixty".into()))
-            .expect_err("bad env value");
+    // secret put in the TTL variable by mistake shows as its length), and
+    // name an unknown variable.
+    let misrouted = String::from_utf8(printable.to_vec()).expect("printable");
+    let env: ConfigError = Builder::from_env_with(|name| {
+        (name == sealcache::ENV_TTL_SECS).then(|| misrouted.clone().into())
+    })
+    .expect_err("bad env value");
     for err in [
         integrity,
         too_long,
