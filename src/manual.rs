@@ -96,10 +96,12 @@
 //! the stamp of its least recently refreshed entry, and eviction removes the
 //! entry with the globally smallest stamp. A stamp is the clock reading of
 //! the refresh, or one nanosecond past the previous stamp if that is later,
-//! so stamps are unique, increase in the order they are taken, and run
-//! ahead of the clock only while more than one is taken per nanosecond of
-//! clock (a clock standing still, as a [`ManualClock`](crate::ManualClock)
-//! does between advances).
+//! so stamps are unique and increase in the order they are taken. A stamp
+//! runs ahead of the clock reading its operation took when more than one is
+//! taken per nanosecond of clock (a clock standing still, as a
+//! [`ManualClock`](crate::ManualClock) does between advances), or when
+//! another thread stamped a later reading while this one was between
+//! reading the clock and taking its shard's lock.
 //!
 //! A hit refreshes its entry only if the entry's stamp is at least
 //! [`recency_resolution`](crate::Builder::recency_resolution) old (1 s by
@@ -107,7 +109,7 @@
 //! hit writes nothing but the shard lock and its counters. What eviction
 //! then guarantees: **the entry it removes was last used (stored, or read
 //! while live) at most one resolution after any other entry's last use**,
-//! plus however far that entry's stamp ran ahead of the clock. With a
+//! plus however far that entry's stamp ran ahead of its clock reading. With a
 //! resolution of zero every hit refreshes and the order is exact LRU. The
 //! model-based property tests and the `cache_ops` fuzz target run the cache
 //! against a reference model that applies the same rule, at resolutions
