@@ -79,8 +79,10 @@ pub struct Stats {
     /// Callers that missed but did not load: they waited for another
     /// caller's load and took its outcome, or found a value stored just
     /// after their miss (by a load that finished, or by an `insert`). A
-    /// waiter counts while it waits; one that then loads itself (its leader
-    /// was cancelled, or its value was fenced) is taken back out.
+    /// waiter counts while it waits; if its leader is cancelled it is taken
+    /// back out and looks again (it then counts again if it waits again, or
+    /// in `loads` if it leads). An async waiter dropped while waiting stays
+    /// counted.
     pub coalesced_waits: u64,
     /// Reads answered by a cached "not found" (negative caching).
     pub negative_hits: u64,

@@ -378,8 +378,10 @@ impl Builder {
     /// resolution). A hit on an entry whose recency was refreshed less than
     /// `resolution` ago leaves its recency as it is, so hits on an entry
     /// read more often than once per `resolution` write nothing shared
-    /// between threads; eviction then removes an entry whose last use is at
-    /// most `resolution` after the least recently used entry's (see
+    /// between threads but the shard's lock and counters; eviction then
+    /// removes an entry whose last use is at most `resolution` after the
+    /// least recently used entry's, give or take how far recency stamps ran
+    /// ahead of their clock readings (see
     /// [the manual](crate::manual#recency-lru-at-a-resolution)).
     /// `Duration::ZERO` makes the LRU exact: every hit refreshes. Default:
     /// 1 s, or a 64th of the TTL if that is shorter; accepted 0 ..= TTL.

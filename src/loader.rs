@@ -221,23 +221,37 @@ fn led_here(flight: &Arc<Flight>) -> bool {
 
 /// Held while a flight's loader runs (a blocking loader, or one poll of an
 /// async one): marks the flight as led on this thread, and, if the loader
-/// unwinds, records that on the flight.
-struct LeadingMark<'a>(&'a Flight);
+/// does not return (it unwinds), records that on the flight.
+struct LeadingMark<'a> {
+    flight: &'a Flight,
+    /// Cleared by [`returned`](Self::returned).
+    running: bool,
+}
 
 impl<'a> LeadingMark<'a> {
     fn new(flight: &'a Flight) -> Self {
         LEADING.with(|leading| leading.borrow_mut().push(flight_id(flight)));
-        Self(flight)
+        Self {
+            flight,
+            running: true,
+        }
+    }
+
+    /// The loader (or this poll of it) returned: dropping the mark now is
+    /// not an unwind out of the loader, even on a thread that happens to be
+    /// unwinding from something else.
+    fn returned(mut self) {
+        self.running = false;
     }
 }
 
 impl Drop for LeadingMark<'_> {
     fn drop(&mut self) {
-        if std::thread::panicking() {
+        if self.running {
             // Dropped by an unwind that started inside the loader.
-            self.0.loader_unwound.store(true, Ordering::Release);
+            self.flight.loader_unwound.store(true, Ordering::Release);
         }
-        let id = flight_id(self.0);
+        let id = flight_id(self.flight);
         LEADING.with(|leading| {
             let mut leading = leading.borrow_mut();
             if let Some(at) = leading.iter().rposition(|&led| led == id) {
@@ -536,7 +550,7 @@ impl SealCache {
                     bump(&self.load_counters().loads);
                     let mark = LeadingMark::new(&leader.flight);
                     let loaded = loader();
-                    drop(mark);
+                    mark.returned();
                     return self.settle(leader, loaded, fallback);
                 }
             }
@@ -604,8 +618,10 @@ impl SealCache {
                     let flight = &*leader.flight;
                     let mut loader = std::pin::pin!(loader);
                     let loaded = std::future::poll_fn(|cx| {
-                        let _mark = LeadingMark::new(flight);
-                        loader.as_mut().poll(cx)
+                        let mark = LeadingMark::new(flight);
+                        let polled = loader.as_mut().poll(cx);
+                        mark.returned();
+                        polled
                     })
                     .await;
                     return self.settle(leader, loaded, fallback);

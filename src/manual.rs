@@ -109,11 +109,13 @@
 //! hit writes nothing but the shard lock and its counters. What eviction
 //! then guarantees: **the entry it removes was last used (stored, or read
 //! while live) at most one resolution after any other entry's last use**,
-//! plus however far that entry's stamp ran ahead of its clock reading. With a
+//! plus however far the other entry's stamp ran ahead of its clock reading. With a
 //! resolution of zero every hit refreshes and the order is exact LRU. The
 //! model-based property tests and the `cache_ops` fuzz target run the cache
 //! against a reference model that applies the same rule, at resolutions
-//! from zero to the whole TTL, and check this guarantee at every eviction.
+//! from zero to the whole TTL: the cache must evict exactly what the model
+//! evicts, and the model asserts the guarantee at every eviction (the rule
+//! implies it; the assertion keeps the model and this text honest).
 //!
 //! Why not exact by default: a refresh relinks the entry at the head of its
 //! shard's list (writing the entry's node, its two neighbours and the old

@@ -29,6 +29,9 @@ const NIL: u32 = u32::MAX;
 const FREE: u64 = 0;
 /// Published tail tick of an empty shard.
 const EMPTY: u64 = u64::MAX;
+/// How many times one eviction reads the shards' tails again after finding
+/// that the shard it picked changed in between.
+const LOOK_AGAIN: u32 = 8;
 /// The latest recency stamp: stamps stop here (below [`EMPTY`]) on a clock
 /// at the end of its range, so a full shard never looks empty.
 const LAST_TICK: u64 = EMPTY - 1;
@@ -698,6 +701,7 @@ impl Store {
     /// entry removed meanwhile (invalidated, expired, reaped) may have made
     /// the room already, and `len` only ever counts live entries.
     fn evict_oldest(&self, now: u64) -> bool {
+        let mut looked_again = 0;
         loop {
             if self.len.load(Ordering::Relaxed) <= self.max_entries {
                 return false;
@@ -717,6 +721,15 @@ impl Store {
             let mut shard = self.lock(s);
             let tail = shard.tail;
             if tail == NIL {
+                self.publish_tail(s, &shard);
+                continue;
+            }
+            // The shard's oldest entry changed since the tails were read (a
+            // hit refreshed it, or it was removed): read them again rather
+            // than evict an entry for having been the oldest a moment ago.
+            // A bounded number of times, so that eviction always ends.
+            if shard.nodes[tail as usize].tick != tick && looked_again < LOOK_AGAIN {
+                looked_again += 1;
                 self.publish_tail(s, &shard);
                 continue;
             }
@@ -914,6 +927,36 @@ mod tests {
         assert!(get(&store, b"d", 0).is_some());
         assert_eq!(store.len(), 3);
         assert_eq!(store.counters().evictions, 1);
+    }
+
+    /// An evictor that read the tails before the shard it picked changed
+    /// (simulated by a published stamp older than that shard's real tail)
+    /// reads them again and evicts the oldest entry, not that shard's tail.
+    #[test]
+    fn eviction_looks_again_when_the_shard_it_picked_changed() {
+        let store = Store::new(4, 2, 0);
+        let mut keys: Vec<(usize, Vec<u8>)> = Vec::new();
+        for i in 0u32.. {
+            let key = format!("key-{i}").into_bytes();
+            let (shard, _) = store.locate(&key);
+            if keys.iter().all(|(s, _)| *s != shard) {
+                keys.push((shard, key));
+            }
+            if keys.len() == 3 {
+                break;
+            }
+        }
+        let [(_, a), (sb, b), (_, c)] = <[_; 3]>::try_from(keys).unwrap();
+        store.insert(data(&a, b"a"), 100, 1, 1);
+        store.insert(data(&b, b"b"), 100, 1, 2);
+        store.tails[sb].store(0, Ordering::Relaxed);
+        store.insert(data(&c, b"c"), 100, 1, 3);
+        assert_eq!(store.len(), 2);
+        assert!(
+            get(&store, &b, 3).is_some(),
+            "b stays: its shard only looked oldest"
+        );
+        assert!(get(&store, &a, 3).is_none(), "a, the oldest, went");
     }
 
     /// A clock at the end of its range (a custom `Clock` returning

@@ -1086,3 +1086,57 @@ fn a_failed_refresh_serves_a_value_inserted_while_it_ran() {
         (1, 1, 0)
     );
 }
+
+/// An async leader polled on a thread that is unwinding from an unrelated
+/// panic (from a `Drop` impl, say), then cancelled: its loader never
+/// panicked, so a waiter takes over.
+#[cfg(feature = "async")]
+#[test]
+fn an_async_leader_polled_during_an_unrelated_unwind_then_cancelled_hands_over() {
+    use std::future::Future;
+    use std::sync::Mutex;
+    use std::task::{Context, Waker};
+
+    /// What the waiter got, as text (nothing in `drop` may panic: that
+    /// would abort the test binary).
+    type Got = Arc<Mutex<Option<String>>>;
+
+    /// Leads a load from its `drop`, which runs while a panic unwinds.
+    struct LeadOnDrop(SealCache, Got);
+    impl Drop for LeadOnDrop {
+        fn drop(&mut self) {
+            assert!(thread::panicking());
+            let mut lead = Box::pin(self.0.get_or_try_load_async("k", async {
+                std::future::pending::<()>().await;
+                Ok::<Option<&str>, DbError>(None)
+            }));
+            let mut cx = Context::from_waker(Waker::noop());
+            assert!(lead.as_mut().poll(&mut cx).is_pending());
+            let waiting = self.0.clone();
+            let waiter = thread::spawn(move || {
+                waiting
+                    .get_or_try_load("k", || Ok::<_, DbError>(Some("from-the-waiter")))
+                    .map(|v| v.map(|s| String::from_utf8_lossy(s.expose_secret()).into_owned()))
+            });
+            wait_until(|| self.0.stats().coalesced_waits == 1);
+            drop(lead);
+            let got = waiter.join().map(|got| format!("{got:?}"));
+            if let Ok(mut slot) = self.1.lock() {
+                *slot = Some(got.unwrap_or_else(|_| "the waiter panicked".into()));
+            }
+        }
+    }
+
+    let clock = ManualClock::new();
+    let cache = cache(&clock);
+    let got: Got = Arc::default();
+    let unwound = catch_unwind(AssertUnwindSafe(|| {
+        let _lead = LeadOnDrop(cache.clone(), Arc::clone(&got));
+        panic!("an unrelated panic (deliberate)");
+    }));
+    assert!(unwound.is_err());
+    assert_eq!(
+        got.lock().unwrap().as_deref(),
+        Some(r#"Ok(Some("from-the-waiter"))"#)
+    );
+}

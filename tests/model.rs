@@ -1,7 +1,7 @@
 //! Model-based property tests: random operation sequences run against the
 //! real cache and a reference model in lock step (exact expiry, LRU at the
-//! configured recency resolution, exact at zero, with its eviction
-//! guarantee checked at every eviction, epoch-key deadlines, statistics),
+//! configured recency resolution, exact at zero, by the resolution's rule,
+//! which implies its eviction guarantee, epoch-key deadlines, statistics),
 //! and properties of the sealed-entry format through `sealcache::testing`.
 //!
 //! The same model and harness drive the `cache_ops` fuzz target.

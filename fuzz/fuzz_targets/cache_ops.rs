@@ -9,15 +9,17 @@
 //! With the opt-in loader knobs `negative_ttl` (cached "not found":
 //! negative hits, no loader call) and `max_stale` (stale-if-error within a
 //! grace period, longer key deadlines) when the configuration turns them on,
-//! and a recency resolution from zero (exact LRU) to the whole TTL; the
-//! model checks the resolution's eviction guarantee at every eviction.
+//! and a recency resolution from zero (exact LRU) to the whole TTL (the
+//! cache must evict what a model applying the resolution's rule evicts; the
+//! rule implies the eviction guarantee, which the model asserts).
 //!
 //! Input format (see `fuzz/README.md`): three configuration bytes (TTL,
 //! epochs per TTL, max entries), then operations of one tag byte and fixed
 //! arguments each; at most 256 operations. The knobs come from the high
-//! bits of the first two bytes (`(b0 >> 2) % 8` picks `negative_ttl`,
-//! `(b1 >> 3) % 8` picks `max_stale`; 0 and 7 are off), so inputs with
-//! `b0 < 4` and `b1 < 8`, like the older seeds, run with both off. A
+//! bits of the configuration bytes (`(b0 >> 2) % 8` picks `negative_ttl`,
+//! `(b1 >> 3) % 8` picks `max_stale`, `(b2 >> 3) % 8` the recency
+//! resolution; 0 and 7 are off, or exact LRU), so inputs with `b0 < 4`,
+//! `b1 < 8` and `b2 < 8`, like the older seeds, run with all three off. A
 //! `ToExpiry` whose entry byte has bit 7 set lands on the end of the stale
 //! grace instead of the expiry.
 
