@@ -16,7 +16,8 @@
 //! against the open, `get` with exact LRU (`recency_resolution(0)`) against
 //! `get` at the default resolution, and what the clock read and the hash
 //! alone add to an open. Then 1 → 2 thread scaling on distinct keys, each round timing every
-//! variant once on one thread and once on two. See BENCHMARKS.md ("Floors").
+//! variant once on one thread and once on two. See BENCHMARKS.md ("Sixth
+//! session: LRU at a resolution, and the floors of the targets").
 //!
 //! ```text
 //! cargo bench --features test-hooks --bench floors

@@ -225,7 +225,8 @@ impl Default for Builder {
 
 impl Builder {
     /// A builder with every default: TTL 60 s, 1000 entries, epoch TTL/4,
-    /// [`Protection::Require`], [`Backend::Auto`], [`BootClock`].
+    /// recency resolution 1 s or TTL/64, [`Protection::Require`],
+    /// [`Backend::Auto`], [`BootClock`].
     pub fn new() -> Self {
         Self::default()
     }
@@ -287,7 +288,9 @@ impl Builder {
     }
 
     /// Bound on the number of entries; inserting beyond it evicts the least
-    /// recently used entry. Default 1000; accepted 1 ..= 10,000,000.
+    /// recently used entry, to the
+    /// [recency resolution](Self::recency_resolution). Default 1000;
+    /// accepted 1 ..= 10,000,000.
     pub fn max_entries(mut self, max_entries: usize) -> Self {
         self.max_entries = max_entries;
         self

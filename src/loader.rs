@@ -4,8 +4,9 @@
 //! is running, or starts one: exactly one caller (the leader) runs the
 //! loader, every other caller for that key waits for the same outcome. The
 //! leader stores the loaded value only if nothing *fenced* the flight while
-//! it ran: `invalidate(key)`, `insert(key, ..)` and `invalidate_all()` all
-//! mark the flights they overlap, so no in-flight load can undo them. The
+//! it ran: `invalidate(key)`, an `insert(key, ..)` that stored its value,
+//! and `invalidate_all()` all mark the flights they overlap, so no in-flight
+//! load can undo them. The
 //! flight table is sharded like the store, and the check-and-store at the
 //! end of a load happens under the same shard lock as the fencing.
 
@@ -37,7 +38,10 @@ pub enum LoadError<E> {
     /// The cache itself failed (integrity, fork, protection, ...).
     Cache(Error),
     /// The loader returned this error: to the caller that ran it and to
-    /// every caller that waited on the same flight. Errors are never cached.
+    /// every caller that waited on the same flight with a loader of the same
+    /// error type (the others get
+    /// [`LoaderFailedElsewhere`](Self::LoaderFailedElsewhere)). Errors are
+    /// never cached.
     Loader(Arc<E>),
     /// The loader panicked in another caller's thread; that caller got the
     /// panic, the waiters get this. The key is not wedged: the next call
@@ -176,7 +180,8 @@ enum Outcome {
     Error(Arc<dyn Any + Send + Sync>),
     Cache(Error),
     Panicked,
-    /// The leader went away without an outcome (an async leader cancelled).
+    /// The leader went away without an outcome, its loader not having
+    /// panicked (an async leader cancelled, or unwound by a panic elsewhere).
     Abandoned,
 }
 
@@ -395,9 +400,10 @@ impl Flights {
     }
 }
 
-/// Ends a flight if its leader leaves without an outcome: by a panic (the
-/// waiters get `LoaderPanicked`) or, in async code, by being cancelled (the
-/// waiters retry, one of them leading).
+/// Ends a flight if its leader leaves without an outcome: by its loader's
+/// panic (the waiters get `LoaderPanicked`), or otherwise (an async leader
+/// cancelled, or unwound by a panic elsewhere in its task; the waiters
+/// retry, one of them leading).
 struct Leader<'a> {
     cache: &'a SealCache,
     key: &'a [u8],
@@ -473,9 +479,10 @@ impl SealCache {
     ///   loader has another error type than the leader's gets
     ///   [`LoadError::LoaderFailedElsewhere`]). Different keys load in
     ///   parallel.
-    /// - If `invalidate(key)`, `insert(key, ..)` or `invalidate_all()` runs
-    ///   while the load is in flight, the loaded value is returned to its
-    ///   callers but not cached.
+    /// - If `invalidate(key)`, a successful `insert(key, ..)` or
+    ///   `invalidate_all()` runs while the load is in flight, the loaded
+    ///   value is returned to its callers but not cached (an `insert` that
+    ///   was rejected changed nothing, and does not stop the load).
     /// - Errors are never cached; "not found" is cached only with
     ///   [`Builder::negative_ttl`](crate::Builder::negative_ttl).
     /// - With [`refresh_ahead`](crate::Builder::refresh_ahead) and

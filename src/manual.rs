@@ -109,8 +109,10 @@
 //! hit writes nothing but the shard lock and its counters. What eviction
 //! then guarantees: **the entry it removes was last used (stored, or read
 //! while live) at most one resolution after any other entry's last use**,
-//! plus however far the other entry's stamp ran ahead of its clock reading. With a
-//! resolution of zero every hit refreshes and the order is exact LRU. The
+//! plus however far the other entry's stamp ran ahead of its clock
+//! reading (and for evictions that no refresh races with: see *What is
+//! exact and what is best effort*). With a resolution of zero every hit
+//! refreshes and the order is exact LRU. The
 //! model-based property tests and the `cache_ops` fuzz target run the cache
 //! against a reference model that applies the same rule, at resolutions
 //! from zero to the whole TTL: the cache must evict exactly what the model
@@ -129,7 +131,8 @@
 //! shared counter is also one cache line that every refreshing hit on every
 //! core writes: on a machine with many cores it, rather than the AEAD, would
 //! bound the total hit rate. At the default resolution, a secret read more
-//! often than once a second costs that line one write per second.
+//! often than once per resolution (about a second) costs that line one
+//! write per resolution.
 //!
 //! What the resolution costs: between entries used within one resolution
 //! of each other, eviction may pick the more recently used one. For a
@@ -156,8 +159,8 @@
 //! An invalidation that runs while a load is in flight must win: otherwise
 //! the load stores the value the invalidation meant to remove (the peer
 //! cleared its cache before the database commit, so a concurrent reader put
-//! the old row back for a whole TTL). `invalidate`, `insert` and
-//! `invalidate_all` mark overlapping flights under the same lock the flight
+//! the old row back for a whole TTL). `invalidate`, `insert` (one that
+//! stored its value) and `invalidate_all` mark overlapping flights under the same lock the flight
 //! stores its value under, so either the store happens first and is then
 //! removed, or it does not happen.
 //!
@@ -175,7 +178,9 @@
 //! opt-in `ttl_jitter` is set), the bound on the number of entries, single
 //! flight, fencing, key deadlines as computed. Exact to the recency
 //! resolution: which entry eviction removes (exact LRU at a resolution of
-//! zero). Bounded but not instant: the reaper's wipe after a
+//! zero), for evictions that no refresh races with; an evictor that finds
+//! the shard it picked changed reads the shards again, up to 8 times, and
+//! then takes that shard's oldest entry. Bounded but not instant: the reaper's wipe after a
 //! deadline (thread scheduling, at most one second of sleep granularity).
 //! Best effort: anything the platform refuses, which
 //! [`SealCache::protections`](crate::SealCache::protections) reports and
