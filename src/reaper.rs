@@ -5,8 +5,9 @@
 //! It is fed `(key id, deadline)` pairs over a crossbeam channel, keeps them
 //! in a min-heap and sleeps until the earliest (at most [`MAX_SLEEP`] at a
 //! time, so a clock that counts suspend is re-read after a resume). Dropping
-//! the cache sends `Shutdown` and joins the thread. A [`ManualClock`]
-//! (crate::ManualClock) wakes it synchronously on every advance. A clock
+//! the cache sends `Shutdown` and joins the thread. A
+//! [`ManualClock`](crate::ManualClock) wakes it synchronously on every
+//! advance. A clock
 //! that panics is read again after [`MAX_SLEEP`]; after
 //! [`CLOCK_FAILURES_BEFORE_SHRED`] failed readings in a row spanning at
 //! least [`MAX_SLEEP`], every key is wiped (fail closed) and the thread

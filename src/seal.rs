@@ -18,7 +18,7 @@
 //! 64-byte open: its AVX2 Poly1305 helpers are not inlined, and only a
 //! `--cfg poly1305_backend="soft"` that dependents cannot set fixes it). The
 //! user-named `chacha20poly1305::XChaCha20Poly1305` stays in the crate as the
-//! [`reference`] implementation; known-answer tests pin both backends to the
+//! [`reference`](mod@reference) implementation; known-answer tests pin both backends to the
 //! draft's test vectors and a property test proves they produce byte-identical
 //! entries.
 

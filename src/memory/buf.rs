@@ -25,7 +25,7 @@ impl LockedBuf {
     ///
     /// # Errors
     ///
-    /// [`ProtectionKind::Allocation`](super::ProtectionKind::Allocation)
+    /// [`super::ProtectionKind::Allocation`]
     /// when no memory could be had.
     pub(crate) fn new(
         capacity: usize,
