@@ -131,16 +131,17 @@ pub fn check(data: &[u8]) {
             };
             assert_eq!(named, variable, "the error names the variable");
             assert_eq!(found, problem, "the problem with {raw:?}");
-            // Echoed only if made of digits and signs (quoted, at most 64
-            // characters); anything else, which might be a misrouted
-            // secret, only by its length.
+            // Echoed only if made of digits and signs and at most 64
+            // characters long (quoted whole); anything else, which might be
+            // a misrouted secret, only by its length.
             let lossy = raw.expect("set").to_string_lossy();
             let numeric = !lossy.is_empty()
+                && lossy.chars().count() <= 64
                 && lossy
                     .chars()
                     .all(|c| c.is_ascii_digit() || c == '+' || c == '-');
             let shown = if numeric {
-                format!("{:?}", lossy.chars().take(64).collect::<String>())
+                format!("{lossy:?}")
             } else {
                 format!("<{} characters>", lossy.chars().count())
             };
