@@ -6,9 +6,9 @@
 //! leader stores the loaded value only if nothing *fenced* the flight while
 //! it ran: `invalidate(key)`, an `insert(key, ..)` that stored its value,
 //! and `invalidate_all()` all mark the flights they overlap, so no in-flight
-//! load can undo them. The
-//! flight table is sharded like the store, and the check-and-store at the
-//! end of a load happens under the same shard lock as the fencing.
+//! load can undo them. The flight table is sharded like the store, and the
+//! check-and-store at the end of a load happens under the same shard lock
+//! as the fencing.
 
 use std::any::Any;
 use std::cell::RefCell;
