@@ -8,11 +8,13 @@
 //! Entries hold ciphertext only; the plaintext never reaches this module.
 //!
 //! A stamp is the clock reading of its refresh, or one nanosecond past the
-//! previous stamp if that is later: stamps are unique, increase in the
-//! order they are taken, and are never earlier than their refresh. A hit
-//! on an entry stamped less than the recency resolution ago leaves it
-//! alone (no stamp, no relinking), so a hot entry's hits write nothing
-//! that other threads read; with a resolution of zero every hit refreshes
+//! previous stamp if that is later: stamps are unique (until they reach
+//! [`LAST_TICK`], at the end of the clock's range), increase in the order
+//! they are taken, and are never earlier than their refresh. A hit on an
+//! entry stamped less than the recency resolution ago leaves it alone (no
+//! stamp, no relinking), so a hot entry's hits write nothing that other
+//! threads read but the shard's lock and counters; with a resolution of
+//! zero every hit refreshes
 //! and the LRU is exact.
 
 use std::hash::{BuildHasher, RandomState};
