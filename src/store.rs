@@ -14,8 +14,7 @@
 //! entry stamped less than the recency resolution ago leaves it alone (no
 //! stamp, no relinking), so a hot entry's hits write nothing that other
 //! threads read but the shard's lock and counters; with a resolution of
-//! zero every hit refreshes
-//! and the LRU is exact.
+//! zero every hit refreshes and the LRU is exact.
 
 use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
