@@ -144,6 +144,16 @@ fn blocked_load(
     key: &'static str,
     loaded: &'static str,
 ) -> (thread::JoinHandle<Option<Vec<u8>>>, Arc<Barrier>) {
+    blocked_load_returning(cache, key, Ok(Some(loaded)))
+}
+
+/// As [`blocked_load`], with a loader that returns `outcome` once released
+/// (an error, say); the thread yields what its caller got, as [`value`].
+fn blocked_load_returning(
+    cache: &SealCache,
+    key: &'static str,
+    outcome: Result<Option<&'static str>, DbError>,
+) -> (thread::JoinHandle<Option<Vec<u8>>>, Arc<Barrier>) {
     let started = Arc::new(Barrier::new(2));
     let release = Arc::new(Barrier::new(2));
     let (c, s, r) = (cache.clone(), Arc::clone(&started), Arc::clone(&release));
@@ -151,7 +161,7 @@ fn blocked_load(
         value(c.get_or_try_load(key, || {
             s.wait();
             r.wait();
-            Ok::<_, DbError>(Some(loaded))
+            outcome
         }))
     });
     started.wait();
@@ -992,23 +1002,13 @@ fn an_async_leader_unwound_by_a_panic_elsewhere_in_its_task_hands_over_to_a_wait
 fn a_rejected_insert_does_not_fence_a_load_in_flight() {
     let clock = ManualClock::new();
     let cache = cache(&clock);
-    let (started_tx, started_rx) = mpsc::channel();
-    let (release_tx, release_rx) = mpsc::channel::<()>();
-    let loading = cache.clone();
-    let load = thread::spawn(move || {
-        value(loading.get_or_try_load("k", || {
-            started_tx.send(()).unwrap();
-            release_rx.recv().unwrap();
-            Ok::<_, DbError>(Some("fresh"))
-        }))
-    });
-    started_rx.recv().unwrap();
+    let (load, release) = blocked_load(&cache, "k", "fresh");
     let too_long = vec![0u8; sealcache::MAX_VALUE_LEN + 1];
     assert!(matches!(
         cache.insert("k", too_long),
         Err(sealcache::Error::ValueTooLong { .. })
     ));
-    release_tx.send(()).unwrap();
+    release.wait();
     assert_eq!(load.join().unwrap().unwrap(), b"fresh");
     assert_eq!(
         cache.get("k").unwrap().unwrap().expose_secret(),
@@ -1065,19 +1065,9 @@ fn a_failed_refresh_serves_a_value_inserted_while_it_ran() {
     let cache = refreshing_cache(&clock, 0.5);
     cache.insert("k", "v1").unwrap();
     clock.advance(TTL / 2 + Duration::from_secs(1));
-    let (started_tx, started_rx) = mpsc::channel();
-    let (release_tx, release_rx) = mpsc::channel::<()>();
-    let refreshing = cache.clone();
-    let refresh = thread::spawn(move || {
-        value(refreshing.get_or_try_load("k", || {
-            started_tx.send(()).unwrap();
-            release_rx.recv().unwrap();
-            Err::<Option<&str>, _>(DbError("db down"))
-        }))
-    });
-    started_rx.recv().unwrap();
+    let (refresh, release) = blocked_load_returning(&cache, "k", Err(DbError("db down")));
     cache.insert("k", "v2").unwrap();
-    release_tx.send(()).unwrap();
+    release.wait();
     assert_eq!(refresh.join().unwrap().unwrap(), b"v2");
     assert_eq!(cache.get("k").unwrap().unwrap().expose_secret(), b"v2");
     let stats = cache.stats();
