@@ -391,7 +391,7 @@ impl Model {
 
     /// The eviction guarantee of `Builder::recency_resolution`: the victim
     /// was last used at most a resolution after any other entry, give or
-    /// take how far that entry's stamp ran ahead of its refresh.
+    /// take how far the other entry's stamp ran ahead of its refresh.
     fn check_victim(&self, victim: &Entry) {
         for other in &self.entries {
             let ahead = other.tick - other.refreshed;
